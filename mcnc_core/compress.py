@@ -1,0 +1,212 @@
+"""``compress(model, config)`` in place, ``materialize(model)``, and ``base_state_dict(model)``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mcnc_core.config import MCNCConfig
+from mcnc_core.errors import ModelError
+from mcnc_core.fingerprint import state_digest
+from mcnc_core.generator import Generator
+from mcnc_core.layers import PREFIX, ManifoldWeight, regenerate_weights
+from mcnc_core.manifest import FLOAT_DTYPES, TensorEntry
+from mcnc_core.safetensors_io import TORCH_TO_DTYPE
+
+__all__ = ["MCNCState", "base_state_dict", "compress", "get_state", "materialize"]
+
+DEFAULT_TARGET_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+@dataclass
+class MCNCState:
+    """What ``compress`` recorded on the model (``model._mcnc_state``; not a module, not saved)."""
+
+    config: MCNCConfig
+    generator: Generator
+    entries: list[TensorEntry]  # every state_dict key, original order; chunk offsets unset
+    targets: dict[str, ManifoldWeight]
+    base_digest: str | None = None
+    hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+
+
+def get_state(model: nn.Module) -> MCNCState:
+    """The model's MCNC state. Raises ``ModelError`` if ``compress`` was not called on it."""
+    state = getattr(model, "_mcnc_state", None)
+    if not isinstance(state, MCNCState):
+        raise ModelError(f"{type(model).__name__} is not compressed: call mcnc_core.compress(model, config) first")
+    return state
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _select_targets(model: nn.Module, cfg: MCNCConfig) -> list[str]:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if cfg.targets is None:
+        names = [
+            f"{mname}.weight" if mname else "weight"
+            for mname, m in model.named_modules()
+            if isinstance(m, DEFAULT_TARGET_TYPES) and isinstance(getattr(m, "weight", None), nn.Parameter)
+        ]
+    else:
+        names = [n for n in params if _matches(n, cfg.targets)]
+    out = []
+    for n in names:
+        p = params[n]
+        if _matches(n, cfg.exclude) or not p.is_floating_point() or p.numel() < cfg.effective_min_numel:
+            continue
+        out.append(n)
+    return out
+
+
+def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
+    """Reparameterise ``model``'s selected weights on the MCNC manifold, in place.
+
+    Each selected parameter ``module.w`` is replaced by a ``ManifoldWeight`` child
+    ``module.mcnc_w`` holding trainable ``alpha``/``beta``; a forward pre-hook regenerates
+    ``module.w`` (a plain tensor) before every forward. Afterwards only codes and raw
+    parameters require grad; the shared generator sits in non-persistent buffers.
+
+    Full mode: targeted weights start as ``beta * phi(alpha)`` with each layer's current RMS
+    (a freshly built model's default init). Delta mode: targets become ``base + delta`` with
+    ``delta = 0`` at start; other parameters are frozen unless they match ``config.trainable``.
+
+    Args:
+        model: any ``nn.Module``; not already compressed.
+        config: the compression config.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ModelError: already compressed, nothing to compress, or a target is a shared parameter.
+    """
+    if getattr(model, "_mcnc_state", None) is not None:
+        raise ModelError("model is already compressed; compress a fresh model or materialize() it first")
+    targets = _select_targets(model, config)
+    if not targets:
+        raise ModelError(
+            f"nothing to compress: no floating-point parameter of >= {config.effective_min_numel} elements "
+            f"matches targets={config.targets!r} (exclude={config.exclude!r})"
+        )
+    by_id: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in targets and id(p) in by_id:
+            raise ModelError(f"parameter {name!r} is shared with {by_id[id(p)]!r}; shared weights cannot be targets")
+        by_id.setdefault(id(p), name)
+
+    sd = model.state_dict(keep_vars=True)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    device = next(iter(sd.values())).device
+    gen = Generator(config.generator_spec()).to(device)
+    delta = config.mode == "delta"
+
+    entries: list[TensorEntry] = []
+    base_tensors: dict[str, Tensor] = {}
+    for name, t in sd.items():
+        dtype = TORCH_TO_DTYPE.get(t.dtype)
+        if dtype is None:
+            raise ModelError(f"tensor {name!r} has dtype {t.dtype}, which bundles cannot store")
+        if name in targets:
+            if dtype not in FLOAT_DTYPES:  # pragma: no cover - filtered by _select_targets
+                raise ModelError(f"target {name!r} is not floating point")
+            rank = config.rank if t.dim() >= 2 and config.rank < min(t.shape[0], t[0].numel()) else 0
+            entries.append(TensorEntry(name, tuple(t.shape), dtype, "mcnc", rank))
+            if delta:
+                base_tensors[name] = t.detach()
+        elif not delta or name not in params or _matches(name, config.trainable):
+            entries.append(TensorEntry(name, tuple(t.shape), dtype, "raw"))
+        else:
+            entries.append(TensorEntry(name, tuple(t.shape), dtype, "base"))
+            base_tensors[name] = t.detach()
+
+    state = MCNCState(config, gen, entries, {})
+    if delta:
+        state.base_digest = state_digest(base_tensors)
+        for name, p in params.items():
+            p.requires_grad_(_matches(name, config.trainable))
+
+    modules = dict(model.named_modules())
+    for entry in entries:
+        if entry.storage != "mcnc":
+            continue
+        mname, _, pname = entry.name.rpartition(".")
+        module = modules[mname]
+        param = params[entry.name]
+        mw = ManifoldWeight(gen, entry.shape, entry.rank, param.detach() if delta else None)
+        w = param.detach().float()
+        rms = float(w.pow(2).mean().sqrt()) if w.numel() else 0.0
+        mw.reset_codes(rms, zero_last=delta, alpha_init=config.alpha_init)
+        del module._parameters[pname]
+        module.add_module(PREFIX + pname, mw)
+        if not hasattr(module, "_mcnc_dtypes"):
+            module._mcnc_dtypes = {}
+            state.hooks.append(module.register_forward_pre_hook(regenerate_weights))
+        module._mcnc_dtypes[pname] = param.dtype
+        state.targets[entry.name] = mw
+        with torch.no_grad():
+            setattr(module, pname, mw().to(param.dtype))
+    model._mcnc_state = state
+    return model
+
+
+def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Delta mode: the base tensors the bundle reads (targets' bases and frozen tensors).
+
+    This is what a server registers as the base (``save_file(base_state_dict(m), path)``);
+    its ``state_digest`` is the bundle's ``base.sha256``.
+
+    Raises:
+        ModelError: if the model is not compressed in delta mode.
+    """
+    state = get_state(model)
+    if state.config.mode != "delta":
+        raise ModelError("base_state_dict() is only defined for delta mode")
+    sd = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for e in state.entries:
+        if e.storage == "mcnc":
+            base = state.targets[e.name].base
+            assert base is not None
+            out[e.name] = base.detach()
+        elif e.storage == "base":
+            out[e.name] = sd[e.name].detach()
+    return out
+
+
+@torch.no_grad()
+def materialize(model: nn.Module) -> nn.Module:
+    """Bake the generated weights back into plain ``nn.Parameter``s and undo ``compress``.
+
+    Afterwards the model is an ordinary model (no codes, no hooks, no generator) whose
+    ``state_dict()`` has the original keys; every parameter requires grad again.
+
+    Raises:
+        ModelError: if the model is not compressed.
+    """
+    state = get_state(model)
+    for handle in state.hooks:
+        handle.remove()
+    modules = dict(model.named_modules())
+    for name, mw in state.targets.items():
+        mname, _, pname = name.rpartition(".")
+        module = modules[mname]
+        dtype = module._mcnc_dtypes[pname]
+        w = mw().to(dtype)
+        delattr(module, PREFIX + pname)
+        if pname in module.__dict__:
+            del module.__dict__[pname]
+        module.register_parameter(pname, nn.Parameter(w))
+        del module._mcnc_dtypes[pname]
+        if not module._mcnc_dtypes:
+            del module._mcnc_dtypes
+    for p in model.parameters():
+        p.requires_grad_(True)
+    del model._mcnc_state
+    return model

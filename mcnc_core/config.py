@@ -1,0 +1,165 @@
+"""``MCNCConfig``: the one typed, validated, versioned configuration of compression."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mcnc_core.errors import ConfigError
+from mcnc_core.generator import GeneratorSpec
+
+__all__ = ["CONFIG_FORMAT_VERSION", "MCNCConfig"]
+
+CONFIG_FORMAT_VERSION = 1
+Mode = Literal["full", "delta"]
+
+
+def _as_patterns(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        patterns = tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be a sequence of glob patterns, got {value!r}") from None
+    for p in patterns:
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"{name} must contain non-empty strings, got {p!r}")
+    return patterns
+
+
+@dataclass(frozen=True)
+class MCNCConfig:
+    """How ``compress`` puts a model's weights on the MCNC manifold.
+
+    Every chunk of ``chunk_size`` weights of a targeted tensor is ``beta * phi(alpha)``,
+    ``phi`` being a frozen sine MLP ``k -> width (x depth) -> chunk_size`` built from ``seed``.
+    Stored numbers per chunk: ``k + 1``; the ideal ratio is ``chunk_size / (k + 1)``.
+
+    The defaults come from the ablation in ``docs/ablation.md`` (mnist1d MLP): k=8,
+    chunk_size=1024, width=64, depth=2, bound=10 — about 114x on the targeted weights.
+
+    Attributes:
+        mode: ``"full"``: targeted weights *are* ``beta * phi(alpha)`` (training from scratch).
+            ``"delta"``: ``W = W_base + delta``, the delta on the manifold, base frozen
+            (fine-tuning; the bundle references the base by digest).
+        k: code dimension (generator input), ``1 <= k <= 1024``.
+        chunk_size: ``d``, the generator's output size, ``2 <= d <= 2**20``.
+        width: hidden width of the generator, ``1 <= width <= 8192``.
+        depth: number of sine layers of the generator, ``1 <= depth <= 8``.
+        bound: ``L``, the input bound / frequency; ``alpha`` starts in ``[-L, L]``.
+        seed: generator seed, ``0 <= seed < 2**64``.
+        rank: ``0`` compresses each weight directly (the paper's "w/o LoRA"); ``r > 0``
+            factors each weight matrix as ``A @ B`` (``A: out x r``, ``B: r x in``) and puts the
+            factors on the manifold (the paper's "w/ LoRA").
+        targets: glob patterns over parameter names (``"encoder.*.weight"``) selecting what is
+            compressed; ``None`` selects the ``weight`` of every Linear, Conv1d/2d/3d and
+            Embedding module.
+        exclude: glob patterns removed from the targets.
+        trainable: delta mode only — glob patterns over the *other* parameters that stay
+            trainable and travel raw in the bundle (a new classifier head, say). Everything else
+            is frozen and read from the base. Full mode trains and ships every non-target
+            parameter raw.
+        min_numel: targeted tensors with fewer elements stay raw (they would not compress);
+            ``None`` means ``chunk_size``.
+        alpha_init: ``alpha`` starts uniform in ``[-alpha_init * L, alpha_init * L]``.
+        beta_init: full mode: ``"kaiming"`` sets each chunk's ``beta`` to the expected norm of
+            a default-initialised chunk of that layer; delta mode always starts at ``beta = 0``
+            (the fine-tune starts exactly at the base) for the last factor.
+        base_name: delta mode: a human name for the base, recorded in the bundle.
+        format_version: version of this config's schema (``CONFIG_FORMAT_VERSION``).
+
+    Raises:
+        ConfigError: on any out-of-range or inconsistent value, naming it.
+    """
+
+    mode: Mode = "full"
+    k: int = 8
+    chunk_size: int = 1024
+    width: int = 64
+    depth: int = 2
+    bound: float = 10.0
+    seed: int = 0
+    rank: int = 0
+    targets: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    trainable: tuple[str, ...] = ()
+    min_numel: int | None = None
+    alpha_init: float = 1.0
+    beta_init: Literal["kaiming"] = "kaiming"
+    base_name: str | None = None
+    format_version: int = field(default=CONFIG_FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "delta"):
+            raise ConfigError(f"mode must be 'full' or 'delta', got {self.mode!r}")
+        if self.format_version != CONFIG_FORMAT_VERSION:
+            raise ConfigError(
+                f"format_version {self.format_version!r} is not supported (this library writes {CONFIG_FORMAT_VERSION})"
+            )
+        # The generator spec validates k, chunk_size, width, depth, bound and seed.
+        self.generator_spec()
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not 0 <= self.rank <= 4096:
+            raise ConfigError(f"rank must be an int in [0, 4096], got {self.rank!r}")
+        object.__setattr__(self, "targets", _as_patterns("targets", self.targets))
+        object.__setattr__(self, "exclude", _as_patterns("exclude", self.exclude) or ())
+        object.__setattr__(self, "trainable", _as_patterns("trainable", self.trainable) or ())
+        if self.min_numel is not None and (not isinstance(self.min_numel, int) or self.min_numel < 1):
+            raise ConfigError(f"min_numel must be a positive int or None, got {self.min_numel!r}")
+        if not (isinstance(self.alpha_init, (int, float)) and 0 < self.alpha_init <= 1e3):
+            raise ConfigError(f"alpha_init must be in (0, 1000], got {self.alpha_init!r}")
+        if self.beta_init != "kaiming":
+            raise ConfigError(f"beta_init must be 'kaiming', got {self.beta_init!r}")
+        if self.base_name is not None and not isinstance(self.base_name, str):
+            raise ConfigError(f"base_name must be a string, got {self.base_name!r}")
+
+    def generator_spec(self) -> GeneratorSpec:
+        """The frozen generator this config describes (validated)."""
+        return GeneratorSpec(
+            k=self.k,
+            chunk_size=self.chunk_size,
+            width=self.width,
+            depth=self.depth,
+            bound=float(self.bound) if isinstance(self.bound, (int, float)) else self.bound,
+            seed=self.seed,
+        )
+
+    @property
+    def effective_min_numel(self) -> int:
+        """``min_numel`` with its default (``chunk_size``) applied."""
+        return self.chunk_size if self.min_numel is None else self.min_numel
+
+    @property
+    def ideal_ratio(self) -> float:
+        """``chunk_size / (k + 1)``: the ratio on targeted weights, ignoring padding and raw tensors."""
+        return self.chunk_size / (self.k + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists); ``from_dict(to_dict())`` round-trips."""
+        out = dataclasses.asdict(self)
+        for key in ("targets", "exclude", "trainable"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MCNCConfig:
+        """Build from a dict; unknown keys are ignored with a warning (forward compatibility).
+
+        Raises:
+            ConfigError: if ``data`` is not a dict or a value is invalid.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown MCNCConfig keys: {unknown}", stacklevel=2)
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"invalid config: {exc}") from exc

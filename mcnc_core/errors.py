@@ -1,0 +1,103 @@
+"""The exception tree of ``mcnc_core``: every failure the library reports on purpose.
+
+::
+
+    MCNCError
+    ├── ConfigError (ValueError)            an MCNCConfig / generator spec value is invalid
+    ├── ModelError (ValueError)             compress/export/materialize called on the wrong model
+    ├── BaseMismatchError (ValueError)      delta bundle: base missing, incomplete or wrong digest
+    ├── FingerprintMismatchError            reconstructed weights do not match the bundle
+    └── BundleError (ValueError)            a bundle file or object is unusable
+        ├── BundleFormatError               not a safetensors file, truncated, bad header/JSON
+        ├── UnsupportedVersionError         unknown format name or format version
+        ├── BundleLimitError                declared sizes beyond the reader's limits
+        ├── ManifestError                   inconsistent manifest, shapes or chunk layout
+        │   ├── DuplicateTensorError        a tensor or manifest name appears twice
+        │   ├── MissingTensorError          a tensor the manifest needs is absent
+        │   └── UnexpectedTensorError       a tensor the manifest does not explain
+        ├── NonFiniteError                  NaN/Inf in codes or raw tensors
+        └── GeneratorMismatchError          regenerated generator weights differ from the bundle's
+
+Every message names the offending value; nothing here is raised for programming errors
+(those stay TypeError/AssertionError).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BaseMismatchError",
+    "BundleError",
+    "BundleFormatError",
+    "BundleLimitError",
+    "ConfigError",
+    "DuplicateTensorError",
+    "FingerprintMismatchError",
+    "GeneratorMismatchError",
+    "MCNCError",
+    "ManifestError",
+    "MissingTensorError",
+    "ModelError",
+    "NonFiniteError",
+    "UnexpectedTensorError",
+    "UnsupportedVersionError",
+]
+
+
+class MCNCError(Exception):
+    """Root of every error raised on purpose by ``mcnc_core``."""
+
+
+class ConfigError(MCNCError, ValueError):
+    """An ``MCNCConfig`` or generator-spec value is out of range or inconsistent."""
+
+
+class ModelError(MCNCError, ValueError):
+    """The model is not in the state the call needs (not compressed, compressed twice, ...)."""
+
+
+class BaseMismatchError(MCNCError, ValueError):
+    """A delta bundle's base is missing, lacks tensors, or its digest differs."""
+
+
+class FingerprintMismatchError(MCNCError):
+    """Reconstructed weights fall outside the bundle fingerprint's tolerance."""
+
+
+class BundleError(MCNCError, ValueError):
+    """A bundle (file, bytes or object) cannot be used."""
+
+
+class BundleFormatError(BundleError):
+    """Not a well-formed safetensors container: truncated, bad header, bad JSON, bad offsets."""
+
+
+class UnsupportedVersionError(BundleError):
+    """The file names a format or format version this reader does not implement."""
+
+
+class BundleLimitError(BundleError):
+    """A declared size (bytes, parameters, chunks, header) exceeds the reader's limits."""
+
+
+class ManifestError(BundleError):
+    """The manifest and the tensors disagree: shapes, dtypes, chunk ranges."""
+
+
+class DuplicateTensorError(ManifestError):
+    """A tensor name (in the header or the manifest) appears more than once."""
+
+
+class MissingTensorError(ManifestError):
+    """A tensor required by the manifest is not in the file."""
+
+
+class UnexpectedTensorError(ManifestError):
+    """The file holds a tensor that the manifest does not account for."""
+
+
+class NonFiniteError(BundleError):
+    """Codes or raw tensors contain NaN or Inf."""
+
+
+class GeneratorMismatchError(BundleError):
+    """The generator rebuilt from the recorded spec and seed has a different sha256."""

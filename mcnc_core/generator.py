@@ -1,0 +1,207 @@
+"""The frozen MCNC generator ``phi``: spec, seeded weights, and the chunk decoder.
+
+``phi(alpha) = y / ||y||`` with ``y = W_out · s_depth``, ``s_1 = sin(W_1 alpha + b_1)`` and
+``s_i = sin(W_i s_{i-1} + b_i)``: a sine MLP ``k -> width (x depth) -> chunk_size`` whose
+output is L2-normalised onto the unit sphere. A chunk of weights is ``beta * phi(alpha)``.
+
+Initialisation rule ``"siren-uniform-v1"`` (all draws from ``mcnc_core.prng``, row-major
+``(out, in)``, tensor ``j`` of ``[W_1, b_1, ..., W_depth, b_depth, W_out]`` on stream ``j``):
+
+* ``W_1 ~ U(-1/k, 1/k)``; with ``alpha`` in ``[-L, L]`` this is SIREN's first layer with ``omega_0 = L``;
+* ``W_i ~ U(-sqrt(6/width), sqrt(6/width))`` for ``i > 1`` and ``W_out`` likewise;
+* ``b_i ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; ``W_out`` has no bias.
+
+Numerics (why the decoder looks the way it does): the hidden layers run in float64, so that
+the sine's last-bit differences between devices and vectorised/scalar code paths vanish when
+rounded to float32; the normalisation and ``beta`` are folded into the small hidden vector using
+the Gram matrix ``G = W_outᵀ W_out`` (``||W_out s||² = sᵀ G s``), so the only pass over the
+output is the final float32 GEMM, which writes each weight once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mcnc_core import prng
+from mcnc_core.errors import ConfigError
+
+__all__ = ["GENERATOR_FAMILY", "GENERATOR_VERSION", "Generator", "GeneratorSpec", "generator_weights"]
+
+GENERATOR_FAMILY = "mcnc-sine-mlp"
+GENERATOR_VERSION = 1
+INIT_RULE = "siren-uniform-v1"
+PRNG_NAME = "philox4x32-10"
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Versioned description of a generator; together with the seed it fixes ``phi`` exactly.
+
+    Raises:
+        ConfigError: if a field is out of range (k in [1, 1024], chunk_size in [2, 2**20],
+            width in [1, 8192], depth in [1, 8], bound finite in (0, 1e4], seed in [0, 2**64)).
+    """
+
+    k: int
+    chunk_size: int
+    width: int
+    depth: int
+    bound: float
+    seed: int
+    family: str = GENERATOR_FAMILY
+    version: int = GENERATOR_VERSION
+    init: str = INIT_RULE
+    prng: str = PRNG_NAME
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, lo: int, hi: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ConfigError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+
+        check_int("k", 1, 1024)
+        check_int("chunk_size", 2, 2**20)
+        check_int("width", 1, 8192)
+        check_int("depth", 1, 8)
+        check_int("seed", 0, 2**64 - 1)
+        b = self.bound
+        if not isinstance(b, (int, float)) or isinstance(b, bool) or not (math.isfinite(b) and 0 < b <= 1e4):
+            raise ConfigError(f"bound must be a finite number in (0, 10000], got {b!r}")
+        object.__setattr__(self, "bound", float(b))
+        fixed = {"family": GENERATOR_FAMILY, "version": GENERATOR_VERSION, "init": INIT_RULE, "prng": PRNG_NAME}
+        for name, expected in fixed.items():
+            if getattr(self, name) != expected:
+                raise ConfigError(f"generator {name} {getattr(self, name)!r} is not supported (expected {expected!r})")
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of ``[W_1, b_1, ..., W_depth, b_depth, W_out]`` in PRNG stream order."""
+        shapes: list[tuple[int, ...]] = []
+        fan_in = self.k
+        for _ in range(self.depth):
+            shapes += [(self.width, fan_in), (self.width,)]
+            fan_in = self.width
+        return [*shapes, (self.chunk_size, self.width)]
+
+    @property
+    def flops_per_chunk(self) -> int:
+        """Multiply-adds x 2 to decode one chunk (hidden layers + output GEMM)."""
+        hidden = self.k * self.width + (self.depth - 1) * self.width * self.width
+        return 2 * (hidden + self.width + self.width * self.chunk_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GeneratorSpec:
+        """Strict: every field required, no unknown key (a bundle must say exactly what it means)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"generator spec must be a JSON object, got {type(data).__name__}")
+        names = set(cls.__dataclass_fields__)
+        if set(data) != names:
+            missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+            raise ConfigError(f"generator spec keys differ: missing {missing}, unexpected {extra}")
+        return cls(**data)
+
+
+@functools.lru_cache(maxsize=32)
+def generator_weights(spec: GeneratorSpec) -> tuple[np.ndarray, ...]:
+    """The generator's float32 weights, bit-identical everywhere (read-only arrays, cached).
+
+    Returns:
+        ``(W_1, b_1, ..., W_depth, b_depth, W_out)`` with the shapes of ``spec.shapes``.
+    """
+    out = []
+    for stream, shape in enumerate(spec.shapes):
+        is_bias = len(shape) == 1
+        fan_in = spec.k if stream == 0 else spec.width
+        if is_bias:
+            bound = 1.0 / math.sqrt(fan_in)
+        elif stream == 0:
+            bound = 1.0 / spec.k
+        else:
+            bound = math.sqrt(6.0 / spec.width)
+        arr = prng.uniform_symmetric(spec.seed, stream, math.prod(shape), bound).reshape(shape)
+        arr.setflags(write=False)
+        out.append(arr)
+    return tuple(out)
+
+
+def generator_sha256(spec: GeneratorSpec) -> str:
+    """sha256 over the generator's float32 little-endian weight bytes, in stream order."""
+    h = hashlib.sha256()
+    for arr in generator_weights(spec):
+        h.update(arr.astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _gram64(spec: GeneratorSpec) -> np.ndarray:
+    # einsum without BLAS: one fixed summation order, independent of threads and libraries.
+    w_out = generator_weights(spec)[-1].astype(np.float64)
+    g = np.einsum("ij,ik->jk", w_out, w_out, optimize=False)
+    g.setflags(write=False)
+    return g
+
+
+class Generator(nn.Module):
+    """``phi`` as a frozen module; weights live in non-persistent buffers (never in a state_dict).
+
+    One instance is shared by every compressed tensor of a model; ``model.to(device)`` moves it.
+    """
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        weights = generator_weights(spec)
+        for i in range(spec.depth):
+            w, b = weights[2 * i], weights[2 * i + 1]
+            # Hidden layers in float64: see the module docstring.
+            self.register_buffer(f"w{i}", torch.from_numpy(w.astype(np.float64)), persistent=False)
+            self.register_buffer(f"b{i}", torch.from_numpy(b.astype(np.float64)), persistent=False)
+        w_out = torch.from_numpy(np.array(weights[-1]))  # (d, width) float32
+        self.register_buffer("w_out_t", w_out.t().contiguous(), persistent=False)  # (width, d)
+        self.register_buffer("gram", torch.from_numpy(np.array(_gram64(spec))), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # model.half() / .double() must not touch the generator: its dtypes are part of the spec.
+        dtypes = {name: b.dtype for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, dtype in dtypes.items():
+            buf = self._buffers[name]
+            if buf is not None and buf.dtype != dtype:
+                self._buffers[name] = buf.to(dtype)
+        return self
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"k={s.k}, width={s.width}, depth={s.depth}, chunk_size={s.chunk_size}, bound={s.bound}, seed={s.seed}"
+
+    def scaled_hidden(self, alpha: Tensor, beta: Tensor) -> Tensor:
+        """Hidden activations pre-scaled so that ``out @ w_out_t == beta * phi(alpha)``.
+
+        Args:
+            alpha: ``(n, k)`` float32 codes.
+            beta: ``(n,)`` float32 scales.
+
+        Returns:
+            ``(n, width)`` float32.
+        """
+        x = alpha.to(torch.float64)  # (n, k)
+        for i in range(self.spec.depth):
+            x = torch.sin(torch.addmm(getattr(self, f"b{i}"), x, getattr(self, f"w{i}").t()))  # (n, width)
+        sq_norm = ((x @ self.gram) * x).sum(dim=1)  # (n,) = ||W_out x||²
+        scale = beta.to(torch.float64) * torch.rsqrt(sq_norm.clamp_min(1e-300))
+        return (x * scale[:, None]).to(torch.float32)
+
+    def decode(self, alpha: Tensor, beta: Tensor) -> Tensor:
+        """``beta * phi(alpha)`` for every chunk: ``(n, k), (n,) -> (n, chunk_size)`` float32."""
+        return self.scaled_hidden(alpha, beta) @ self.w_out_t
