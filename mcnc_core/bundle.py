@@ -37,7 +37,15 @@ from mcnc_core.errors import (
 from mcnc_core.fingerprint import FINGERPRINT_ALGORITHM, N_SAMPLES, state_digest
 from mcnc_core.generator import GENERATOR_FAMILY, GENERATOR_VERSION, GeneratorSpec, generator_sha256
 from mcnc_core.manifest import FLOAT_DTYPES, BaseRef, TensorEntry, manifest_from_json, manifest_to_json
-from mcnc_core.safetensors_io import DTYPE_TO_TORCH, ITEMSIZE, HeaderEntry, build_header, parse_header, tensor_bytes
+from mcnc_core.safetensors_io import (
+    DTYPE_TO_TORCH,
+    ITEMSIZE,
+    TORCH_TO_DTYPE,
+    HeaderEntry,
+    build_header,
+    parse_header,
+    tensor_bytes,
+)
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -199,8 +207,6 @@ def _dumps(obj: Any) -> str:
 
 
 def _dtype_code(name: str, t: Tensor) -> str:
-    from mcnc_core.safetensors_io import TORCH_TO_DTYPE
-
     if t.dtype not in TORCH_TO_DTYPE:
         raise BundleError(f"tensor {name!r} has dtype {t.dtype}, which bundles cannot store")
     return TORCH_TO_DTYPE[t.dtype]
@@ -414,10 +420,13 @@ def export_bundle(model: nn.Module, *, metadata: dict[str, str] | None = None) -
         if e.storage == "mcnc":
             mw = state.targets[e.name]
             n = mw.alpha.shape[0]
-            manifest.append(replace(e, chunk_offset=offset, chunks=n))
+            # dtypes as they are now: model.half() after compress changes what the model holds.
+            manifest.append(replace(e, dtype=TORCH_TO_DTYPE[mw.out_dtype], chunk_offset=offset, chunks=n))
             alphas.append(mw.alpha.detach().float().cpu())
             betas.append(mw.beta.detach().float().cpu())
             offset += n
+        elif e.storage == "raw":
+            manifest.append(replace(e, dtype=TORCH_TO_DTYPE[sd[e.name].dtype]))
         else:
             manifest.append(e)
     raw = {e.name: sd[e.name].detach().cpu().clone().contiguous() for e in manifest if e.storage == "raw"}

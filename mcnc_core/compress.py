@@ -95,11 +95,12 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
             f"nothing to compress: no floating-point parameter of >= {config.effective_min_numel} elements "
             f"matches targets={config.targets!r} (exclude={config.exclude!r})"
         )
-    by_id: dict[int, str] = {}
+    names_of: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        if name in targets and id(p) in by_id:
-            raise ModelError(f"parameter {name!r} is shared with {by_id[id(p)]!r}; shared weights cannot be targets")
-        by_id.setdefault(id(p), name)
+        names_of.setdefault(id(p), []).append(name)
+    for names in names_of.values():
+        if len(names) > 1 and any(n in targets for n in names):
+            raise ModelError(f"parameters {names} are one shared tensor; shared weights cannot be targets")
 
     sd = model.state_dict(keep_vars=True)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -143,12 +144,13 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
         w = param.detach().float()
         rms = float(w.pow(2).mean().sqrt()) if w.numel() else 0.0
         mw.reset_codes(rms, zero_last=delta, alpha_init=config.alpha_init)
-        del module._parameters[pname]
-        module.add_module(PREFIX + pname, mw)
-        if not hasattr(module, "_mcnc_dtypes"):
-            module._mcnc_dtypes = {}
+        if not hasattr(module, "_mcnc_param_order"):
+            # materialize() restores this order, so state_dict keys come back in their original order.
+            module._mcnc_param_order = list(module._parameters)
             state.hooks.append(module.register_forward_pre_hook(regenerate_weights))
-        module._mcnc_dtypes[pname] = param.dtype
+        del module._parameters[pname]
+        mw.out_dtype = param.dtype
+        module.add_module(PREFIX + pname, mw)
         state.targets[entry.name] = mw
         with torch.no_grad():
             setattr(module, pname, mw().to(param.dtype))
@@ -197,15 +199,14 @@ def materialize(model: nn.Module) -> nn.Module:
     for name, mw in state.targets.items():
         mname, _, pname = name.rpartition(".")
         module = modules[mname]
-        dtype = module._mcnc_dtypes[pname]
-        w = mw().to(dtype)
+        w = mw().to(mw.out_dtype)
         delattr(module, PREFIX + pname)
-        if pname in module.__dict__:
-            del module.__dict__[pname]
+        module.__dict__.pop(pname, None)
         module.register_parameter(pname, nn.Parameter(w))
-        del module._mcnc_dtypes[pname]
-        if not module._mcnc_dtypes:
-            del module._mcnc_dtypes
+    for module in modules.values():
+        order = module.__dict__.pop("_mcnc_param_order", None)
+        if order is not None:
+            module._parameters = {k: module._parameters[k] for k in order}
     for p in model.parameters():
         p.requires_grad_(True)
     del model._mcnc_state

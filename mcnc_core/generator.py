@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -143,6 +144,17 @@ def generator_sha256(spec: GeneratorSpec) -> str:
     return h.hexdigest()
 
 
+def keep_dtype(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Wrap a ``Module._apply`` function so it may move tensors between devices but never
+    change their dtype (converting and converting back would lose precision)."""
+
+    def apply(t: Tensor) -> Tensor:
+        out = fn(t)
+        return out if out.dtype == t.dtype else t.to(out.device)
+
+    return apply
+
+
 @functools.lru_cache(maxsize=32)
 def _gram64(spec: GeneratorSpec) -> np.ndarray:
     # einsum without BLAS: one fixed summation order, independent of threads and libraries.
@@ -173,13 +185,7 @@ class Generator(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # model.half() / .double() must not touch the generator: its dtypes are part of the spec.
-        dtypes = {name: b.dtype for name, b in self._buffers.items() if b is not None}
-        super()._apply(fn, recurse)
-        for name, dtype in dtypes.items():
-            buf = self._buffers[name]
-            if buf is not None and buf.dtype != dtype:
-                self._buffers[name] = buf.to(dtype)
-        return self
+        return super()._apply(keep_dtype(fn), recurse)
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mcnc_core.decode import decode_tensor
-from mcnc_core.generator import Generator
+from mcnc_core.generator import Generator, keep_dtype
 from mcnc_core.manifest import factor_shapes
 
 __all__ = ["ManifoldWeight", "regenerate_weights"]
@@ -35,6 +35,7 @@ class ManifoldWeight(nn.Module):
         device = generator.w_out_t.device
         self.alpha = nn.Parameter(torch.empty(n, generator.spec.k, device=device))
         self.beta = nn.Parameter(torch.empty(n, device=device))
+        self.out_dtype = torch.float32  # dtype of the module's weight; follows model.half() etc.
         self.base: Tensor | None
         if base is not None:
             self.register_buffer("base", base.detach().clone())
@@ -42,14 +43,10 @@ class ManifoldWeight(nn.Module):
             self.base = None
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        # Codes stay float32 (and the base keeps its dtype) under model.half() and friends.
-        own = [*self._parameters.values(), *self._buffers.values()]
-        dtypes = [t.dtype if t is not None else None for t in own]
-        super()._apply(fn, recurse)
-        for t, dtype in zip([*self._parameters.values(), *self._buffers.values()], dtypes, strict=True):
-            if t is not None and dtype is not None and t.dtype != dtype:
-                t.data = t.data.to(dtype)
-        return self
+        # Codes stay float32 and the base keeps its dtype under model.half() and friends; the
+        # generated weight follows the conversion (out_dtype), like the parameter it replaced.
+        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        return super()._apply(keep_dtype(fn), recurse)
 
     def extra_repr(self) -> str:
         return (
@@ -88,7 +85,5 @@ def regenerate_weights(module: nn.Module, args: object = None) -> None:
     """Forward pre-hook: set each compressed parameter of ``module`` from its codes."""
     for child_name, child in module.named_children():
         if child_name.startswith(PREFIX) and isinstance(child, ManifoldWeight):
-            param = child_name[len(PREFIX) :]
-            dtype = module._mcnc_dtypes[param]  # type: ignore[index]
             w = child()
-            setattr(module, param, w if w.dtype == dtype else w.to(dtype))
+            setattr(module, child_name[len(PREFIX) :], w if w.dtype == child.out_dtype else w.to(child.out_dtype))

@@ -1,0 +1,161 @@
+"""reconstruct(export_bundle(m)) reproduces the trained model: modes, ranks, dtypes, devices, threads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import mcnc_core as m
+from mcnc_core.reconstruct import base_names
+from tests.conftest import make_mlp, train_steps
+
+
+def _cfg(base: m.MCNCConfig, **kw) -> m.MCNCConfig:
+    return m.MCNCConfig(**{**base.to_dict(), **kw})
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+
+def _roundtrip(model: nn.Module, fresh: nn.Module, x: torch.Tensor, base=None) -> None:
+    bundle = m.load_bundle(m.export_bundle(model).to_bytes())
+    state = m.reconstruct(bundle, base=base, verify=True)
+    fresh.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))  # same device: bit-identical
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_full_mode_reproduces_outputs(tiny_cfg, rank):
+    model = m.compress(make_mlp(), _cfg(tiny_cfg, rank=rank))
+    train_steps(model)
+    _roundtrip(model, make_mlp(seed=9), torch.randn(6, 16))
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_delta_mode_reproduces_outputs_given_the_base(tiny_cfg, rank):
+    model = m.compress(make_mlp(), _cfg(tiny_cfg, mode="delta", rank=rank, trainable=("4.bias",), base_name="mlp"))
+    train_steps(model)
+    base = make_mlp().state_dict()  # the original pretrained weights, extra keys included
+    _roundtrip(model, make_mlp(seed=9), torch.randn(6, 16), base=base)
+
+
+def test_conv_with_low_rank(tiny_cfg):
+    model = m.compress(_conv_net(), _cfg(tiny_cfg, rank=2))
+    train_steps(model)
+    _roundtrip(model, _conv_net(), torch.randn(2, 3, 8, 8))
+
+
+def test_embedding_model(tiny_cfg):
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(40, 16), nn.Linear(16, 3))
+
+    model = m.compress(net(), tiny_cfg)
+    train_steps(model)
+    _roundtrip(model, net(), torch.randint(0, 40, (4, 5)))
+
+
+def test_half_precision_model_round_trips(tiny_cfg):
+    model = m.compress(make_mlp(), tiny_cfg)
+    train_steps(model)
+    model.half()
+    bundle = m.export_bundle(model)
+    assert {e.dtype for e in bundle.manifest} == {"F16"}
+    state = m.reconstruct(bundle, verify=True)
+    fresh = make_mlp().half()
+    fresh.load_state_dict(state, strict=True)
+    x = torch.randn(3, 16).half()
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_output_dtypes_and_iteration_order(tiny_mlp, tiny_cfg):
+    m.compress(tiny_mlp, tiny_cfg)
+    bundle = m.export_bundle(tiny_mlp)
+    ref = m.reconstruct(bundle)
+    assert list(ref) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    for dtype in (torch.float16, torch.bfloat16):
+        out = m.reconstruct(bundle, dtype=dtype, verify=True)
+        assert all(t.dtype == dtype for t in out.values())
+        assert torch.equal(out["2.weight"], ref["2.weight"].to(dtype))
+    some = list(m.iter_reconstruct(bundle, names={"4.bias", "0.weight"}))
+    assert [n for n, _ in some] == ["0.weight", "4.bias"]
+    assert torch.equal(some[0][1], ref["0.weight"])
+
+
+def test_delta_base_errors(tiny_cfg):
+    model = m.compress(make_mlp(), _cfg(tiny_cfg, mode="delta"))
+    train_steps(model)
+    bundle = m.export_bundle(model)
+    base = m.base_state_dict(model)
+    assert base_names(bundle) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    assert m.state_digest(base) == bundle.base.sha256
+    with pytest.raises(m.BaseMismatchError, match="needs its base"):
+        m.reconstruct(bundle)
+    with pytest.raises(m.BaseMismatchError, match="lacks 1 tensors"):
+        m.reconstruct(bundle, base={k: v for k, v in base.items() if k != "2.bias"})
+    with pytest.raises(m.BaseMismatchError, match=r"base tensor '2.bias' is F16"):
+        m.reconstruct(bundle, base={**base, "2.bias": base["2.bias"].half()})
+    other = make_mlp(seed=5).state_dict()
+    with pytest.raises(m.BaseMismatchError, match="digest"):
+        m.reconstruct(bundle, base=other)
+    m.reconstruct(bundle, base=other, verify_base=False)  # the caller's choice
+
+
+def test_verify_detects_tampered_codes_and_raw_tensors(tiny_mlp, tiny_cfg):
+    m.compress(tiny_mlp, tiny_cfg)
+    train_steps(tiny_mlp)
+    bundle = m.export_bundle(tiny_mlp)
+    bundle.alpha[3, 0] += 0.5  # chunk 3 belongs to '0.weight'
+    with pytest.raises(m.FingerprintMismatchError, match=r"'0\.weight'"):
+        m.reconstruct(bundle, verify=True)
+    bundle = m.export_bundle(tiny_mlp)
+    bundle.raw["4.bias"][0] += 1e-2
+    with pytest.raises(m.FingerprintMismatchError, match=r"'4\.bias'"):
+        m.reconstruct(bundle, verify=True)
+
+
+_THREADS_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+import mcnc_core as m
+print(m.state_digest(m.reconstruct(m.load_bundle(sys.argv[1]))))
+"""
+
+
+def test_identical_reconstruction_across_processes_and_thread_counts(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1024, 1536), nn.Linear(1536, 1000), nn.Linear(1000, 64))
+    m.compress(net, m.MCNCConfig(k=8, chunk_size=1000, width=64, depth=2, bound=10.0, seed=3))
+    m.save_bundle(m.export_bundle(net), tmp_path / "b.mcnc")
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT, str(tmp_path / "b.mcnc"), str(n)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for n in (1, 2)
+    ]  # fmt: skip
+    assert outs[0] == outs[1] == m.state_digest(m.reconstruct(m.load_bundle(tmp_path / "b.mcnc"))) + "\n"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_cuda_agree_within_the_fingerprint_tolerance(tiny_cfg):
+    model = m.compress(make_mlp(), _cfg(tiny_cfg, rank=2))
+    train_steps(model)
+    bundle = m.export_bundle(model)
+    cpu = m.reconstruct(bundle, verify=True)
+    gpu = m.reconstruct(bundle, device="cuda", verify=True)
+    for name, t in cpu.items():
+        torch.testing.assert_close(gpu[name].cpu(), t, rtol=1e-4, atol=1e-6)
+    model.cuda()
+    x = torch.randn(4, 16)
+    fresh = make_mlp().cuda()
+    fresh.load_state_dict(m.reconstruct(bundle, device="cuda"), strict=True)
+    assert torch.equal(fresh(x.cuda()), model(x.cuda()))
