@@ -1,0 +1,196 @@
+"""The ``MCNCClientError`` tree and the one table mapping server error codes to it.
+
+::
+
+    MCNCClientError
+    ├── OfflineError                 offline mode and the cache lacks what is needed
+    ├── ConnectionFailedError        the server could not be reached (after retries)
+    ├── IntegrityError               size, sha256 or fingerprint check failed
+    ├── StateDictMismatchError       load(model=...) found missing/unexpected keys
+    └── APIError                     the server answered with an error envelope
+        ├── BadRequestError          400/422 invalid_request
+        │   ├── InvalidBundleError   422 invalid_bundle
+        │   ├── InvalidBaseError     422 invalid_base
+        │   ├── LimitExceededError   422 limit_exceeded
+        │   └── BaseNotRegisteredError 422 base_not_registered
+        ├── AuthenticationError      401 unauthorized
+        ├── PermissionDeniedError    403 forbidden
+        ├── NotFoundError            404 not_found
+        │   ├── BundleNotFoundError  404 bundle_not_found
+        │   ├── ModelNotFoundError   404 model_not_found
+        │   └── BaseNotFoundError    404 base_not_found
+        ├── ConflictError            409 conflict
+        ├── PayloadTooLargeError     413 payload_too_large
+        ├── RangeNotSatisfiableError 416 range_not_satisfiable
+        ├── RateLimitError           429 rate_limited / busy (retry_after)
+        └── ServerError              5xx
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BaseNotFoundError",
+    "BaseNotRegisteredError",
+    "BundleNotFoundError",
+    "ConflictError",
+    "ConnectionFailedError",
+    "IntegrityError",
+    "InvalidBaseError",
+    "InvalidBundleError",
+    "LimitExceededError",
+    "MCNCClientError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "OfflineError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RangeNotSatisfiableError",
+    "RateLimitError",
+    "ServerError",
+    "StateDictMismatchError",
+    "error_for",
+]
+
+
+class MCNCClientError(Exception):
+    """Root of every error the client raises on purpose."""
+
+
+class OfflineError(MCNCClientError):
+    """Offline mode (``MCNC_OFFLINE=1``) and the local cache does not hold what is needed."""
+
+
+class ConnectionFailedError(MCNCClientError):
+    """The server could not be reached, after the configured retries."""
+
+
+class IntegrityError(MCNCClientError):
+    """Downloaded or reconstructed data failed its size, sha256 or fingerprint check."""
+
+
+class StateDictMismatchError(MCNCClientError):
+    """``load(model=...)``: the reconstructed keys do not match the model's."""
+
+    def __init__(self, missing: list[str], unexpected: list[str]) -> None:
+        self.missing, self.unexpected = missing, unexpected
+        super().__init__(
+            f"reconstructed state dict does not fit the model: missing keys {missing[:10]}, "
+            f"unexpected keys {unexpected[:10]}"
+        )
+
+
+class APIError(MCNCClientError):
+    """The server answered with an error. ``code`` is the stable snake_case error code."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
+        self.status, self.code, self.message, self.request_id = status, code, message, request_id
+        super().__init__(f"{status} {code}: {message}")
+
+
+class BadRequestError(APIError):
+    pass
+
+
+class InvalidBundleError(BadRequestError):
+    pass
+
+
+class InvalidBaseError(BadRequestError):
+    pass
+
+
+class LimitExceededError(BadRequestError):
+    pass
+
+
+class BaseNotRegisteredError(BadRequestError):
+    pass
+
+
+class AuthenticationError(APIError):
+    pass
+
+
+class PermissionDeniedError(APIError):
+    pass
+
+
+class NotFoundError(APIError):
+    pass
+
+
+class BundleNotFoundError(NotFoundError):
+    pass
+
+
+class ModelNotFoundError(NotFoundError):
+    pass
+
+
+class BaseNotFoundError(NotFoundError):
+    pass
+
+
+class ConflictError(APIError):
+    pass
+
+
+class PayloadTooLargeError(APIError):
+    pass
+
+
+class RangeNotSatisfiableError(APIError):
+    pass
+
+
+class RateLimitError(APIError):
+    """429. ``retry_after``: seconds the server asked to wait (``None`` if it did not say)."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
+                 retry_after: float | None = None) -> None:  # fmt: skip
+        super().__init__(status, code, message, request_id)
+        self.retry_after = retry_after
+
+
+class ServerError(APIError):
+    pass
+
+
+# The one table: server error code -> exception class.
+_ERROR_CODES: dict[str, type[APIError]] = {
+    "invalid_request": BadRequestError,
+    "invalid_bundle": InvalidBundleError,
+    "invalid_base": InvalidBaseError,
+    "limit_exceeded": LimitExceededError,
+    "base_not_registered": BaseNotRegisteredError,
+    "unauthorized": AuthenticationError,
+    "forbidden": PermissionDeniedError,
+    "not_found": NotFoundError,
+    "bundle_not_found": BundleNotFoundError,
+    "model_not_found": ModelNotFoundError,
+    "base_not_found": BaseNotFoundError,
+    "conflict": ConflictError,
+    "payload_too_large": PayloadTooLargeError,
+    "range_not_satisfiable": RangeNotSatisfiableError,
+    "rate_limited": RateLimitError,
+    "busy": RateLimitError,
+    "internal_error": ServerError,
+}
+# Fallback when the code is unknown (a newer server): by status.
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+    409: ConflictError, 413: PayloadTooLargeError, 416: RangeNotSatisfiableError, 422: BadRequestError,
+    429: RateLimitError,
+}  # fmt: skip
+
+
+def error_for(status: int, code: str, message: str, request_id: str | None = None,
+              retry_after: float | None = None) -> APIError:  # fmt: skip
+    """The exception for an error response: by code, else by status, else by status class."""
+    cls = _ERROR_CODES.get(code) or _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    if issubclass(cls, RateLimitError):
+        return cls(status, code, message, request_id, retry_after=retry_after)
+    return cls(status, code, message, request_id)

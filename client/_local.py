@@ -1,0 +1,95 @@
+"""Local reconstruction through ``mcnc_core``; imported lazily so ``import client`` needs no torch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from client._exceptions import IntegrityError, StateDictMismatchError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+__all__ = ["reconstruct_local", "verify_weights_file"]
+
+_DTYPES = {"float32", "float16", "bfloat16"}
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def reconstruct_local(
+    bundle_path: Path, base_path: Path | None, *, device: str, dtype: Any, model: nn.Module | None, verify: bool
+) -> tuple[dict[str, Tensor], float]:
+    """Reconstruct a cached bundle; optionally load it into ``model`` (strict).
+
+    Returns:
+        ``(state_dict, seconds)``.
+
+    Raises:
+        IntegrityError: the reconstruction does not match the bundle's fingerprint, or the base's
+            digest differs from the one the bundle references.
+        StateDictMismatchError: ``model`` has other keys than the reconstruction.
+    """
+    from safetensors.torch import load_file
+
+    import mcnc_core
+
+    start = time.perf_counter()
+    bundle = mcnc_core.load_bundle(bundle_path)
+    base = load_file(base_path) if base_path is not None else None
+    try:
+        state = mcnc_core.reconstruct(bundle, base=base, device=device, dtype=_torch_dtype(dtype), verify=verify)
+    except (mcnc_core.FingerprintMismatchError, mcnc_core.BaseMismatchError) as exc:
+        raise IntegrityError(str(exc)) from exc
+    if model is not None:
+        own = set(model.state_dict())
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if missing or unexpected:
+            raise StateDictMismatchError(missing, unexpected)
+        model.load_state_dict(state, strict=True)
+    return state, time.perf_counter() - start
+
+
+def verify_weights_file(weights_path: Path, bundle_path: Path) -> int:
+    """Check a downloaded weights file tensor by tensor against the bundle's fingerprint.
+
+    Returns:
+        The number of tensors checked.
+
+    Raises:
+        IntegrityError: a tensor is missing, extra, mis-shaped or outside the fingerprint tolerance.
+    """
+    from safetensors import safe_open
+
+    import mcnc_core
+    from mcnc_core.fingerprint import check_tensor
+
+    bundle = mcnc_core.load_bundle(bundle_path)
+    index = {e.name: i for i, e in enumerate(bundle.manifest)}
+    with safe_open(str(weights_path), framework="pt") as f:
+        names = set(f.keys())
+        if names != set(index):
+            raise IntegrityError(
+                f"weights file tensors differ from the bundle: missing {sorted(set(index) - names)[:5]}, "
+                f"unexpected {sorted(names - set(index))[:5]}"
+            )
+        for name in names:
+            t = f.get_tensor(name)
+            entry = bundle.manifest[index[name]]
+            if tuple(t.shape) != entry.shape:
+                raise IntegrityError(f"tensor {name!r} has shape {list(t.shape)}, the bundle says {list(entry.shape)}")
+            if name in bundle.fingerprint:
+                try:
+                    check_tensor(name, t, index[name], bundle.fingerprint[name])
+                except mcnc_core.FingerprintMismatchError as exc:
+                    raise IntegrityError(str(exc)) from exc
+    return len(names)

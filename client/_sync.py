@@ -1,0 +1,277 @@
+"""``Client``: the synchronous MCNC client."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from client._base import BaseClient, Ref, digest_from_headers, error_from_response, parse_ref, retry_delay
+from client._config import resolve_config
+from client._exceptions import ConnectionFailedError, IntegrityError, RangeNotSatisfiableError
+from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
+from client._progress import progress_bar
+from client._transfer import Partial, bundle_base_digest, finish_download, sha256_bytes
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+__all__ = ["Client"]
+
+
+class Client(BaseClient):
+    """Talks to an MCNC server; reconstructs locally from tiny bundles.
+
+    Args:
+        base_url: server URL (default ``MCNC_ENDPOINT``, else ``http://127.0.0.1:8000``).
+        token: bearer token (default ``MCNC_TOKEN``, else ``$MCNC_HOME/token``).
+        cache_dir: local cache (default ``MCNC_CACHE_DIR``, else ``$MCNC_HOME/hub``).
+        timeout: seconds per network operation (default ``MCNC_DOWNLOAD_TIMEOUT`` or 10).
+        transport: an ``httpx`` transport (tests, throttling, proxies).
+        offline: never open a socket; serve from the cache (default ``MCNC_OFFLINE``).
+        progress: show progress bars (default: on a TTY unless ``MCNC_DISABLE_PROGRESS_BARS``).
+        retries: retries for connection errors, 503 and 429.
+
+    Every ``load`` / ``download_weights`` records a ``TransferReport`` in ``last_report``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        offline: bool | None = None,
+        progress: bool | None = None,
+        retries: int = 3,
+    ) -> None:
+        super().__init__(resolve_config(base_url, token, cache_dir, offline, timeout, progress, retries))
+        self._transport = transport
+        self._http: httpx.Client | None = None
+        self.last_report: TransferReport | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:  # created on first use: offline clients never build one
+            self._http = httpx.Client(base_url=self.base_url, timeout=self.config.timeout, transport=self._transport)
+        return self._http
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, *, stream: bool = False, **kw: Any) -> httpx.Response:
+        self._check_online(f"{method} {path}")
+        kw["headers"] = self._headers(kw.get("headers"))
+        attempt = 0
+        while True:
+            try:
+                resp = self._client().send(self._client().build_request(method, path, **kw), stream=stream)
+            except httpx.TransportError as exc:
+                delay = retry_delay(attempt, self.config.retries, None, None)
+                if delay is None:
+                    raise ConnectionFailedError(f"cannot reach {self.base_url}: {exc}") from exc
+            else:
+                if resp.status_code < 400:
+                    return resp
+                body = resp.read()
+                resp.close()
+                err = error_from_response(resp.status_code, resp.headers, body)
+                delay = retry_delay(attempt, self.config.retries, resp.status_code, getattr(err, "retry_after", None))
+                if delay is None:
+                    raise err
+            time.sleep(delay)
+            attempt += 1
+
+    def _fetch(self, path: str, partial: Partial, *, params: dict[str, str] | None = None, desc: str) -> int:
+        """Download ``path`` into ``partial``, resuming with Range/If-Range; returns bytes received."""
+        received = 0
+        for attempt in range(self.config.retries + 1):
+            try:
+                resp = self._send("GET", path, params=params, headers=partial.request_headers(), stream=True)
+                try:
+                    with (
+                        partial.open(resp.status_code, resp.headers) as f,
+                        progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
+                    ):
+                        for block in resp.iter_bytes(1 << 20):
+                            f.write(block)
+                            received += len(block)
+                            bar.update(len(block))
+                finally:
+                    resp.close()
+                partial.check_complete()
+                return received
+            except RangeNotSatisfiableError:
+                partial.discard()  # a stale partial (server-side change): start over
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                if attempt == self.config.retries:
+                    raise ConnectionFailedError(f"download of {path} failed: {exc}") from exc
+                time.sleep(retry_delay(attempt, self.config.retries, None, None) or 0)
+        raise ConnectionFailedError(f"download of {path} did not complete")
+
+    def _resolve(self, ref: Ref) -> str:
+        digest = self._cached_digest(ref)
+        if digest is None:
+            resp = self._send("HEAD", f"/bundles/{ref.text}")
+            digest = digest_from_headers(resp.headers)
+            if digest is None:
+                raise IntegrityError(f"server named no digest for {ref.text!r}")
+        self._remember(ref, digest)
+        return digest
+
+    def _blob(self, kind: str, digest: str, report: TransferReport, *, verify_sha256: bool) -> Path:
+        if self.cache.has(digest):
+            report.cached.append(kind)
+            return self.cache.blob(digest)
+        self._check_online(f"download {kind} {digest}")
+        with self.cache.lock(digest):
+            if not self.cache.has(digest):
+                partial = Partial(self.cache.incomplete(digest))
+                report.bytes_received += self._fetch(f"/{kind}s/{digest}", partial, desc=f"{kind} {digest[:12]}")
+                self.cache.commit(digest, partial.path, verify_sha256=verify_sha256)
+                partial.discard_sidecar()
+        return self.cache.blob(digest)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def push(self, path_or_bundle: Any, *, name: str | None = None, tag: str | None = None) -> ModelInfo:
+        """Upload a bundle (a path, bytes or an ``mcnc_core.Bundle``); returns what the server stored.
+
+        The bytes also go into the local cache, so loading them back downloads nothing.
+        Raises ``InvalidBundleError`` (422) if the server's strict reader refuses it.
+        """
+        data = _bundle_bytes(path_or_bundle)
+        resp = self._send("POST", "/bundles", params=self._push_params(name, tag), content=data,
+                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        info = ModelInfo.from_json(resp.json(), created=resp.status_code == 201)
+        self.cache.put_bytes(sha256_bytes(data), data)
+        if name:
+            self.cache.write_ref(name, tag or "latest", info.digest.removeprefix("sha256:"))
+        return info
+
+    def push_base(self, path_or_state_dict: Any) -> BaseInfo:
+        """Register a base model (a safetensors path or a state dict) for delta bundles."""
+        resp = self._send("POST", "/bases", content=_base_bytes(path_or_state_dict),
+                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        return BaseInfo.from_json(resp.json())
+
+    def load(
+        self,
+        ref: str,
+        *,
+        device: str = "cpu",
+        dtype: Any = None,
+        model: nn.Module | None = None,
+        verify: bool = True,
+    ) -> dict[str, Tensor]:
+        """Download the bundle (if not cached) and reconstruct the weights locally.
+
+        One request when the bundle is cached (resolving the ref); none for a cached digest ref or
+        offline. A delta bundle's base is fetched once and cached for all its deltas.
+
+        Args:
+            ref: ``name``, ``name:tag``, ``sha256:<hex>`` or a 64-hex digest.
+            device: where to reconstruct (``"cpu"``, ``"cuda"``).
+            dtype: output dtype for floating tensors (``"float16"``, ``torch.bfloat16``, ...).
+            model: if given, the weights are loaded into it with ``strict=True``.
+            verify: check the reconstruction against the bundle's fingerprint.
+
+        Returns:
+            The state dict (also loaded into ``model`` if given).
+
+        Raises:
+            OfflineError, NotFoundError and other APIError subclasses, IntegrityError,
+            StateDictMismatchError (``model`` has other keys; lists missing and unexpected).
+        """
+        from client._local import reconstruct_local
+
+        report = TransferReport(ref)
+        start = time.perf_counter()
+        report.digest = self._resolve(parse_ref(ref))
+        bundle_path = self._blob("bundle", report.digest, report, verify_sha256=True)
+        base_digest = bundle_base_digest(bundle_path)
+        base_path = None
+        if base_digest is not None:  # verified by its state digest during reconstruction
+            base_path = self._blob("base", base_digest, report, verify_sha256=False)
+        report.seconds_network = time.perf_counter() - start
+        state, report.seconds_reconstruct = reconstruct_local(
+            bundle_path, base_path, device=device, dtype=dtype, model=model, verify=verify
+        )
+        report.full_weights_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        self.last_report = report
+        return state
+
+    def download_weights(
+        self, ref: str, path: str | os.PathLike[str], *, dtype: str | None = None, verify: bool = True
+    ) -> TransferReport:
+        """Stream the server-side reconstruction to ``path`` (safetensors), resumably.
+
+        An interrupted download resumes from ``<path>.incomplete`` with Range/If-Range and
+        restarts if the server's ETag changed. The size is checked, the sha256 too when the server
+        sends ``X-MCNC-Weights-Digest``, and (``verify``) every tensor against the bundle's
+        fingerprint; only then is the file renamed to ``path``: never a partial file there.
+        """
+        report = TransferReport(ref)
+        start = time.perf_counter()
+        report.digest = self._resolve(parse_ref(ref))
+        params = {"dtype": dtype} if dtype else None
+        partial = Partial(Path(f"{os.fspath(path)}.incomplete"))
+        report.bytes_received = self._fetch(f"/models/{report.digest}/weights", partial, params=params,
+                                            desc=f"weights {report.digest[:12]}")  # fmt: skip
+        report.full_weights_bytes = partial.total or 0
+        report.seconds_network = time.perf_counter() - start
+        bundle_path = self._blob("bundle", report.digest, report, verify_sha256=True) if verify else None
+        report.seconds_reconstruct = finish_download(partial, Path(path), bundle_path)
+        self.last_report = report
+        return report
+
+    def info(self, ref: str) -> ModelInfo:
+        """Metadata of a stored model: sizes, parameters, ratio, mode, base, tags, loaded tiers."""
+        return ModelInfo.from_json(self._send("GET", f"/models/{parse_ref(ref).text}").json())
+
+    def list(self, *, limit: int = 100, offset: int = 0) -> list[TagInfo]:
+        """Names and tags on the server (one page)."""
+        data = self._send("GET", "/models", params={"limit": limit, "offset": offset}).json()
+        return [TagInfo.from_json(t) for t in data["items"]]
+
+    def delete(self, ref: str) -> None:
+        """Remove a name or name:tag from the server (admin scope); the bundle itself stays."""
+        self._send("DELETE", f"/models/{parse_ref(ref).text}")
+
+
+def _bundle_bytes(obj: Any) -> bytes:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).read_bytes()
+    to_bytes = getattr(obj, "to_bytes", None)
+    if to_bytes is None:
+        raise TypeError(f"push() takes a path, bytes or an mcnc_core.Bundle, got {type(obj).__name__}")
+    return bytes(to_bytes())
+
+
+def _base_bytes(obj: Any) -> bytes:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).read_bytes()
+    if isinstance(obj, dict):
+        from safetensors.torch import save
+
+        return save({k: v.detach().contiguous().cpu() for k, v in obj.items()})
+    raise TypeError(f"push_base() takes a path, bytes or a state dict, got {type(obj).__name__}")
