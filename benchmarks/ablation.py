@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="Adam steps per run (default 1500; quick: 100)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1; quick: 0)")
     p.add_argument("--base-lr", type=float, default=0.05, help="Adam lr of the base point (default 0.05)")
+    p.add_argument("--factors", nargs="+", default=None, help="only rows of these factors (e.g. base L lr)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table (and command) here")
     a = p.parse_args(argv)
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = a.steps or (100 if a.quick else 1500)
     seeds = a.seeds or ([0] if a.quick else [0, 1])
     settings = [Setting("base")] if a.quick else settings_full()
+    if a.factors is not None:
+        settings = [s for s in settings if s.factor in a.factors]
 
     t_start = time.perf_counter()
     data = load_data(2000 if a.quick else 5000)
