@@ -1,0 +1,59 @@
+"""``GET|HEAD /models/{ref}/weights``: reconstructed weights as a safetensors stream, header first."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from service.deps import EngineDep, StoreDep, require
+from service.engine import Engine, Layout
+from service.errors import ModelNotFoundError
+from service.ranges import etag_matches, parse_range
+from service.storage import Store, parse_ref
+
+router = APIRouter(tags=["weights"])
+
+
+def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool]:
+    parsed = parse_ref(ref)
+    digest = store.resolve(parsed)
+    if digest is None:
+        raise ModelNotFoundError(f"no model {ref!r}")
+    return engine.layout(digest, dtype), parsed.digest is not None
+
+
+@router.api_route("/models/{ref}/weights", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
+async def get_weights(
+    ref: str,
+    request: Request,
+    store: StoreDep,
+    engine: EngineDep,
+    dtype: Literal["native", "float32", "float16", "bfloat16"] = "native",
+) -> Response:
+    """Reconstructed weights (safetensors); ETag, 304, Range/206 rebuilding only touched tensors."""
+    lay, by_digest = await run_in_threadpool(_layout, store, engine, ref, dtype)
+    headers = {
+        "ETag": f'"{lay.etag}"',
+        "Accept-Ranges": "bytes",
+        "X-MCNC-Bundle-Digest": f"sha256:{lay.digest}",
+        "X-MCNC-Numerics": engine.profile,
+        "Cache-Control": "public, max-age=31536000, immutable" if by_digest else "no-cache",
+    }
+    if etag_matches(request.headers.get("if-none-match"), lay.etag):
+        return Response(status_code=304, headers=headers)
+    rng = parse_range(request.headers.get("range"), lay.total)
+    start, end = rng or (0, lay.total)
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{lay.total}"
+    headers["Content-Length"] = str(end - start)
+    media = "application/octet-stream"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
+    if not engine.is_warm(lay, start, end):
+        engine.admit()
+    return StreamingResponse(engine.stream(lay, start, end), status_code=status, headers=headers, media_type=media)
