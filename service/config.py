@@ -73,8 +73,11 @@ class Settings(BaseSettings):
         if self.api_tokens is None:
             return {}
         text = self.api_tokens.strip()
-        if not text.startswith("{"):
-            text = Path(text).expanduser().read_text()
+        if not text.startswith(("{", "[")):
+            try:
+                text = Path(text).expanduser().read_text()
+            except OSError as exc:
+                raise ValueError(f"MCNC_API_TOKENS is neither JSON nor a readable file: {exc}") from exc
         try:
             raw = json.loads(text)
         except ValueError as exc:
