@@ -150,6 +150,13 @@ class RedisCache:
             self._call(lambda: self.client.zadd(self._lru, {key: time.time()}))
         return meta
 
+    def has(self, key: str) -> bool:
+        """Whether a complete entry exists (no hit/miss accounting)."""
+        try:
+            return bool(self._call(lambda: self.client.exists(self._k(key, "meta"))))
+        except RedisUnavailable:
+            return False
+
     def read(self, key: str, meta: dict[str, int], start: int, end: int) -> Iterator[bytes]:
         """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone or Redis fails."""
         chunk = meta["chunk"]

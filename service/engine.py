@@ -237,6 +237,7 @@ class Engine:
         if pos >= end:
             return
         touched = lay.touched(pos, end)
+        whole = start == 0 and end == lay.total
         if self.memory.has_all(lay.key, touched):
             self.metrics.hits.labels("memory").inc()
         else:
@@ -250,9 +251,9 @@ class Engine:
                             pos += len(piece)
                         return
                     except RedisUnavailable:
-                        pass  # resume from ``pos`` with tensors
+                        whole = False  # resume from ``pos``, rebuilding only what is left
                     touched = lay.touched(pos, end)
-        for name, t in self._tensors(lay, touched, full=(start == 0 and end == lay.total)):
+        for name, t in self._tensors(lay, touched, full=whole):
             b, e = lay.spans[name]
             buf = tensor_bytes(t)
             lo, hi = max(pos, b) - b, min(end, e) - b
@@ -300,7 +301,7 @@ class Engine:
         lay = job.layout
         writer: RedisWriter | None = None
         try:
-            if self.redis is not None and self.redis.meta(lay.key, lay.total) is None:
+            if self.redis is not None and not self.redis.has(lay.key):
                 writer = self.redis.writer(lay.key, lay.total)
                 if writer is not None:
                     writer.feed(lay.prefix)
