@@ -178,6 +178,7 @@ class Engine:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._bundles: OrderedDict[str, Bundle] = OrderedDict()
+        self._layouts: dict[tuple[str, str, str], Layout] = {}
         self._pending = 0
         self.reconstruction_count = 0  # tensors-producing runs, full and partial (for tests)
 
@@ -198,11 +199,27 @@ class Engine:
     def forget(self, digest: str) -> None:
         with self._lock:
             self._bundles.pop(digest, None)
+            for k in [k for k in self._layouts if k[0] == digest]:
+                del self._layouts[k]
         self.memory.drop_digest(digest)
         if self.redis is not None:
             self.redis.drop_digest(digest)
 
     def layout(self, digest: str, dtype: str) -> Layout:
+        """The response layout for ``(digest, dtype)`` on this server's numerics profile (memoised)."""
+        memo_key = (digest, dtype, self.profile)
+        with self._lock:
+            cached = self._layouts.get(memo_key)
+        if cached is not None:
+            return cached
+        lay = self._layout(digest, dtype)
+        with self._lock:
+            self._layouts[memo_key] = lay
+            while len(self._layouts) > 256:
+                self._layouts.pop(next(iter(self._layouts)))
+        return lay
+
+    def _layout(self, digest: str, dtype: str) -> Layout:
         b = self.bundle(digest)
         tdtype = DTYPES[dtype]
         tensors = [(e.name, TORCH_TO_DTYPE[output_dtype(e, tdtype)], e.shape) for e in b.manifest]

@@ -17,6 +17,15 @@ from service.schemas import ErrorResponse
 __all__ = ["check_bind", "create_app"]
 
 
+def __getattr__(name: str) -> Any:
+    """``service.main:app`` for ``uvicorn service.main:app``: built on first access, from the environment."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)
+
+
 def check_bind(settings: Settings) -> None:
     """Refuse a non-loopback host without tokens unless ``MCNC_ALLOW_INSECURE=1``.
 
