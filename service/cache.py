@@ -182,7 +182,8 @@ class RedisCache:
 
     def _make_room(self, size: int) -> None:
         def used() -> int:
-            return sum(int(v) for v in self.client.hvals(self._sizes))  # type: ignore[union-attr]
+            values: Any = self.client.hvals(self._sizes)
+            return sum(int(v) for v in values)
 
         while self._call(used) + size > self.budget:
             popped: Any = self._call(lambda: self.client.zpopmin(self._lru, 1))
@@ -192,11 +193,13 @@ class RedisCache:
             self.metrics.evictions.labels("redis").inc()
 
     def delete(self, key: str) -> None:
-        size = self._call(lambda: self.client.hget(self._sizes, key))
-        n = 0 if size is None else -(-int(size) // self.chunk_bytes)  # type: ignore[arg-type]
+        size: Any = self._call(lambda: self.client.hget(self._sizes, key))
+        n = 0 if size is None else -(-int(size) // self.chunk_bytes)
         keys = [self._k(key, "meta")] + [self._k(key, str(i)) for i in range(n)]
         pipe = self.client.pipeline()
-        pipe.delete(*keys).zrem(self._lru, key).hdel(self._sizes, key)
+        pipe.delete(*keys)
+        pipe.zrem(self._lru, key)
+        pipe.hdel(self._sizes, key)
         self._call(pipe.execute)
 
     def drop_digest(self, digest: str) -> None:
@@ -251,10 +254,12 @@ class RedisWriter:
         if self.failed or self.written != self.total:
             return False
         c = self.cache
-        meta = {"total": self.total, "chunk": c.chunk_bytes, "chunks": self.index}
+        meta: dict[str | bytes, int] = {"total": self.total, "chunk": c.chunk_bytes, "chunks": self.index}
         pipe = c.client.pipeline()
-        pipe.hset(c._k(self.key, "meta"), mapping=meta).expire(c._k(self.key, "meta"), c.ttl)
-        pipe.zadd(c._lru, {self.key: time.time()}).hset(c._sizes, self.key, self.total)
+        pipe.hset(c._k(self.key, "meta"), mapping=meta)  # type: ignore[arg-type]
+        pipe.expire(c._k(self.key, "meta"), c.ttl)
+        pipe.zadd(c._lru, {self.key: time.time()})
+        pipe.hset(c._sizes, self.key, self.total)
         try:
             c._call(pipe.execute)
         except RedisUnavailable:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -87,13 +88,17 @@ class _LazyBase(Mapping[str, Tensor]):
     """A registered base file read one tensor at a time (bounded memory)."""
 
     def __init__(self, path: Path) -> None:
-        self._f = safe_open(str(path), framework="pt")  # type: ignore[no-untyped-call]
+        self._f: Any = cast(Any, safe_open(str(path), framework="pt"))
         self._keys = list(self._f.keys())
+
+    def close(self) -> None:
+        self._f.__exit__(None, None, None)
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._keys:
             raise KeyError(name)
-        return self._f.get_tensor(name)  # type: ignore[no-any-return]
+        t: Tensor = self._f.get_tensor(name)
+        return t
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -341,12 +346,12 @@ class Engine:
         with self._lock:
             self._pending += 1
         acquired = False
+        base: _LazyBase | None = None
         try:
             acquired = self._sem.acquire(timeout=self.settings.load_timeout)
             if not acquired:
                 raise TimeoutError(f"no reconstruction slot within {self.settings.load_timeout}s")
             bundle = self.bundle(lay.digest)
-            base = None
             if bundle.base is not None:
                 base = _LazyBase(self.store.blob_path("bases", bundle.base.sha256))
             self.metrics.reconstructions.labels(kind).inc()
@@ -357,6 +362,8 @@ class Engine:
             yield from iter_reconstruct(bundle, base, self.device, DTYPES[lay.dtype], verify_base=False, names=wanted)
             self.metrics.reconstruction_seconds.labels(kind).observe(time.perf_counter() - t0)
         finally:
+            if base is not None:
+                base.close()
             if acquired:
                 self._sem.release()
             with self._lock:

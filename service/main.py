@@ -20,9 +20,9 @@ __all__ = ["check_bind", "create_app"]
 def __getattr__(name: str) -> Any:
     """``service.main:app`` for ``uvicorn service.main:app``: built on first access, from the environment."""
     if name == "app":
-        global app
-        app = create_app()
-        return app
+        instance = create_app()
+        globals()["app"] = instance
+        return instance
     raise AttributeError(name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +30,8 @@ def streaming_state_digest(path: str) -> tuple[str, int, int]:
     """
     h = hashlib.sha256()
     n_params = 0
-    with safe_open(path, framework="pt") as f:  # type: ignore[no-untyped-call]
+    f: Any
+    with safe_open(path, framework="pt") as f:
         names = sorted(f.keys())
         for name in names:
             t = f.get_tensor(name)
