@@ -141,7 +141,7 @@ class RedisCache:
             raw: dict[bytes, bytes] = self._call(lambda: self.client.hgetall(self._k(key, "meta")))  # type: ignore[arg-type,return-value]
         except RedisUnavailable:
             return None
-        meta = {k.decode(): int(v) for k, v in raw.items()}
+        meta = {k.decode(): int(v) for k, v in raw.items() if k != b"sha256"}
         if meta.get("total") != total or "chunk" not in meta:
             self.metrics.misses.labels("redis").inc()
             return None
@@ -156,6 +156,14 @@ class RedisCache:
             return bool(self._call(lambda: self.client.exists(self._k(key, "meta"))))
         except RedisUnavailable:
             return False
+
+    def weights_digest(self, key: str) -> str | None:
+        """The sha256 of the whole stored response, recorded when the entry was written."""
+        try:
+            value: Any = self._call(lambda: self.client.hget(self._k(key, "meta"), "sha256"))
+        except RedisUnavailable:
+            return None
+        return value.decode() if isinstance(value, bytes) else None
 
     def read(self, key: str, meta: dict[str, int], start: int, end: int) -> Iterator[bytes]:
         """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone or Redis fails."""
@@ -248,13 +256,14 @@ class RedisWriter:
         self.index += 1
         self.written += len(piece)
 
-    def commit(self) -> bool:
+    def commit(self, sha256: str) -> bool:
         if self.buf and not self.failed:
             self._flush(len(self.buf))
         if self.failed or self.written != self.total:
             return False
         c = self.cache
-        meta: dict[str | bytes, int] = {"total": self.total, "chunk": c.chunk_bytes, "chunks": self.index}
+        meta: dict[str, int | str] = {"total": self.total, "chunk": c.chunk_bytes, "chunks": self.index}
+        meta["sha256"] = sha256
         pipe = c.client.pipeline()
         pipe.hset(c._k(self.key, "meta"), mapping=meta)  # type: ignore[arg-type]
         pipe.expire(c._k(self.key, "meta"), c.ttl)

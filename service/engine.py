@@ -184,6 +184,7 @@ class Engine:
         self._jobs: dict[str, _Job] = {}
         self._bundles: OrderedDict[str, Bundle] = OrderedDict()
         self._layouts: dict[tuple[str, str, str], Layout] = {}
+        self._weights_digests: dict[str, str] = {}  # model key -> sha256 of the full response
         self._pending = 0
         self.reconstruction_count = 0  # tensors-producing runs, full and partial (for tests)
 
@@ -206,6 +207,8 @@ class Engine:
             self._bundles.pop(digest, None)
             for k in [k for k in self._layouts if k[0] == digest]:
                 del self._layouts[k]
+            for key in [key for key in self._weights_digests if key.startswith(digest + ":")]:
+                del self._weights_digests[key]
         self.memory.drop_digest(digest)
         if self.redis is not None:
             self.redis.drop_digest(digest)
@@ -235,6 +238,17 @@ class Engine:
         ident = hashlib.sha256(f"mcnc-weights/1\0{digest}\0{dtype}\0{self.profile}".encode()).hexdigest()
         key = f"{digest}:{dtype}:{ident[:16]}"
         return Layout(digest, dtype, key, ident, prefix, tuple(spans), spans, total)
+
+    def weights_digest(self, lay: Layout) -> str | None:
+        """sha256 of the full response once one full reconstruction here (or in Redis) recorded it."""
+        with self._lock:
+            known = self._weights_digests.get(lay.key)
+        if known is None and self.redis is not None:
+            known = self.redis.weights_digest(lay.key)
+            if known is not None:
+                with self._lock:
+                    self._weights_digests[lay.key] = known
+        return known
 
     # admission
     def is_warm(self, lay: Layout, start: int, end: int) -> bool:
@@ -322,6 +336,7 @@ class Engine:
     def _run_job(self, job: _Job) -> None:
         lay = job.layout
         writer: RedisWriter | None = None
+        digest = hashlib.sha256(lay.prefix)
         try:
             if self.redis is not None and not self.redis.has(lay.key):
                 writer = self.redis.writer(lay.key, lay.total)
@@ -330,10 +345,14 @@ class Engine:
             for name, t in self._reconstruct(lay, list(lay.names), kind="full"):
                 self.memory.put(lay.key, name, t)
                 job.publish(name, t)
+                data = tensor_bytes(t)
+                digest.update(data)
                 if writer is not None:
-                    writer.feed(tensor_bytes(t))
+                    writer.feed(data)
+            with self._lock:
+                self._weights_digests[lay.key] = digest.hexdigest()
             if writer is not None:
-                writer.commit()
+                writer.commit(digest.hexdigest())
         except Exception:
             log.exception("reconstruction job for %s failed", lay.key)
         finally:

@@ -17,12 +17,13 @@ from service.storage import Store, parse_ref
 router = APIRouter(tags=["weights"])
 
 
-def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool]:
+def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool, str | None]:
     parsed = parse_ref(ref)
     digest = store.resolve(parsed)
     if digest is None:
         raise ModelNotFoundError(f"no model {ref!r}")
-    return engine.layout(digest, dtype), parsed.digest is not None
+    lay = engine.layout(digest, dtype)
+    return lay, parsed.digest is not None, engine.weights_digest(lay)
 
 
 @router.api_route("/models/{ref}/weights", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
@@ -34,7 +35,7 @@ async def get_weights(
     dtype: Literal["native", "float32", "float16", "bfloat16"] = "native",
 ) -> Response:
     """Reconstructed weights (safetensors); ETag, 304, Range/206 rebuilding only touched tensors."""
-    lay, by_digest = await run_in_threadpool(_layout, store, engine, ref, dtype)
+    lay, by_digest, weights_sha = await run_in_threadpool(_layout, store, engine, ref, dtype)
     headers = {
         "ETag": f'"{lay.etag}"',
         "Accept-Ranges": "bytes",
@@ -42,6 +43,8 @@ async def get_weights(
         "X-MCNC-Numerics": engine.profile,
         "Cache-Control": "public, max-age=31536000, immutable" if by_digest else "no-cache",
     }
+    if weights_sha is not None:  # known after a first full reconstruction; lets clients verify
+        headers["X-MCNC-Weights-Digest"] = f"sha256:{weights_sha}"
     if etag_matches(request.headers.get("if-none-match"), lay.etag):
         return Response(status_code=304, headers=headers)
     rng = parse_range(request.headers.get("range"), lay.total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import time
@@ -32,6 +33,10 @@ def test_miss_then_hit_without_rebuilding(tmp_path, tiny, redis_url):
         assert warm.content == cold.content and warm.headers["etag"] == cold.headers["etag"]
         assert metric(c, "mcnc_cache_hits_total", tier="redis") == 1
         assert c.app.state.engine.reconstruction_count == 1
+    with _app(tmp_path, url, prefix) as c:  # a restarted server finds the bytes and their digest in Redis
+        again = c.get("/models/m/weights")
+        assert again.content == cold.content and c.app.state.engine.reconstruction_count == 0
+        assert again.headers["x-mcnc-weights-digest"] == "sha256:" + hashlib.sha256(cold.content).hexdigest()
         r = redis.Redis.from_url(url)
         keys = sorted(k.decode() for k in r.scan_iter(match=prefix + "w:*"))
         assert keys and all(k.startswith(prefix) for k in keys)

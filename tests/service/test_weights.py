@@ -175,3 +175,15 @@ def test_busy_when_reconstruction_queue_is_full(tmp_path, tiny):
         assert r.status_code == 429 and error_code(r) == "busy" and r.headers["retry-after"] == "1"
         engine._pending = 0
         assert c.get("/models/a/weights").status_code == 200
+
+
+def test_weights_digest_header_after_first_full_stream(client, named):
+    import hashlib
+
+    first = client.get("/models/mlp/weights")
+    assert "x-mcnc-weights-digest" not in first.headers  # unknown before the first rebuild
+    second = client.get("/models/mlp/weights")
+    assert second.headers["x-mcnc-weights-digest"] == "sha256:" + hashlib.sha256(first.content).hexdigest()
+    assert (
+        client.head("/models/mlp/weights").headers["x-mcnc-weights-digest"] == second.headers["x-mcnc-weights-digest"]
+    )
