@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -15,6 +17,24 @@ from service.ranges import etag_matches, parse_range
 from service.storage import Store, parse_ref
 
 router = APIRouter(tags=["weights"])
+_END = b""
+
+
+async def closing_stream(gen: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    """Iterate a sync stream in worker threads and close it even when the client goes away.
+
+    Closing at once (not at garbage collection) leaves a single-flight job and frees the
+    reconstruction slot as soon as the client disconnects.
+    """
+    try:
+        while True:
+            piece = await anyio.to_thread.run_sync(next, gen, _END)
+            if piece is _END:
+                return
+            yield piece
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(gen.close)  # type: ignore[attr-defined]
 
 
 def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool, str | None]:
@@ -59,4 +79,5 @@ async def get_weights(
         return Response(status_code=status, headers=headers, media_type=media)
     if not engine.is_warm(lay, start, end):
         engine.admit()
-    return StreamingResponse(engine.stream(lay, start, end), status_code=status, headers=headers, media_type=media)
+    body = closing_stream(engine.stream(lay, start, end))
+    return StreamingResponse(body, status_code=status, headers=headers, media_type=media)

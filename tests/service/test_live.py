@@ -120,3 +120,26 @@ def test_32_concurrent_clients_zero_errors(live, tiny, tiny2):
         with ThreadPoolExecutor(32) as pool:
             assert set(pool.map(fetch, refs)) == {200}
         assert live.app.state.engine.reconstruction_count == 2
+
+
+def test_client_disconnect_leaves_the_job_at_once(tmp_path, tiny2, monkeypatch):
+    real = eng.iter_reconstruct
+
+    def slow(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            time.sleep(0.3)
+            yield item
+
+    monkeypatch.setattr(eng, "iter_reconstruct", slow)
+    with LiveServer(Settings(data_dir=tmp_path, memory_cache_bytes=0)) as srv:
+        engine = srv.app.state.engine
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            c.post("/bundles", params={"name": "m"}, content=tiny2.data)
+            with c.stream("GET", "/models/m/weights") as r:
+                assert next(r.iter_raw())  # the header arrived; now hang up
+        deadline = time.monotonic() + 1.0
+        while any(job.subs for job in list(engine._jobs.values())):
+            assert time.monotonic() < deadline, "the disconnected client is still subscribed"
+            time.sleep(0.02)
+        with httpx.Client(base_url=srv.url, timeout=30) as c:  # and the server still serves
+            assert c.get("/models/m/weights").status_code == 200
