@@ -143,3 +143,12 @@ def test_client_disconnect_leaves_the_job_at_once(tmp_path, tiny2, monkeypatch):
             time.sleep(0.02)
         with httpx.Client(base_url=srv.url, timeout=30) as c:  # and the server still serves
             assert c.get("/models/m/weights").status_code == 200
+
+
+def test_concurrent_identical_uploads_store_once(live, tiny):
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: c.post("/bundles", content=tiny.data).status_code, range(8)))
+        assert sorted(codes) == [200] * 7 + [201]
+        tmp_files = list((live.app.state.settings.data_dir / "tmp").iterdir())
+        assert tmp_files == []
