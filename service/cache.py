@@ -9,12 +9,12 @@ miss; after one, Redis is skipped for ``RETRY_AFTER_S`` seconds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -114,6 +114,7 @@ class RedisCache:
         self.metrics = metrics
         self._down_until = 0.0
         self._lru, self._sizes = prefix + "lru", prefix + "sizes"
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mcnc-redis")
 
     def _call(self, fn: Callable[[], T]) -> T:
         if time.monotonic() < self._down_until:
@@ -129,6 +130,10 @@ class RedisCache:
     def _k(self, key: str, part: str) -> str:
         return f"{self.prefix}w:{key}:{part}"
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
     def ping(self) -> bool:
         try:
             return bool(self._call(self.client.ping))
@@ -136,18 +141,22 @@ class RedisCache:
             return False
 
     def meta(self, key: str, total: int) -> dict[str, int] | None:
-        """The entry's metadata if complete and of the expected length; counts a hit or a miss."""
+        """The entry's metadata if complete and of the expected length; counts a hit or a miss.
+
+        One round trip: reads the metadata and marks the entry used (``ZADD XX``) together.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self._k(key, "meta"))
+        pipe.zadd(self._lru, {key: time.time()}, xx=True)
         try:
-            raw: dict[bytes, bytes] = self._call(lambda: self.client.hgetall(self._k(key, "meta")))  # type: ignore[arg-type,return-value]
+            replies: Any = self._call(pipe.execute)
         except RedisUnavailable:
             return None
-        meta = {k.decode(): int(v) for k, v in raw.items() if k != b"sha256"}
+        meta = {k.decode(): int(v) for k, v in replies[0].items() if k != b"sha256"}
         if meta.get("total") != total or "chunk" not in meta:
             self.metrics.misses.labels("redis").inc()
             return None
         self.metrics.hits.labels("redis").inc()
-        with contextlib.suppress(RedisUnavailable):
-            self._call(lambda: self.client.zadd(self._lru, {key: time.time()}))
         return meta
 
     def has(self, key: str) -> bool:
@@ -166,16 +175,26 @@ class RedisCache:
         return value.decode() if isinstance(value, bytes) else None
 
     def read(self, key: str, meta: dict[str, int], start: int, end: int) -> Iterator[bytes]:
-        """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone or Redis fails."""
+        """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone or Redis fails.
+
+        The next chunk is fetched while the current one is being sent (one chunk of read-ahead).
+        """
         chunk = meta["chunk"]
+        first, last = start // chunk, (end - 1) // chunk
+
+        def get(i: int) -> Any:
+            return self._call(lambda: self.client.get(self._k(key, str(i))))
+
+        pending: Future[Any] = self._pool.submit(get, first)
         pos = start
-        while pos < end:
-            i = pos // chunk
-            data = self._call(lambda i=i: self.client.get(self._k(key, str(i))))  # type: ignore[misc]
+        for i in range(first, last + 1):
+            data = pending.result()
+            if i < last:
+                pending = self._pool.submit(get, i + 1)
             if not isinstance(data, bytes) or len(data) != min(chunk, meta["total"] - i * chunk):
                 raise RedisUnavailable(f"chunk {i} of {key} missing or truncated")
             lo, hi = pos - i * chunk, min(end - i * chunk, len(data))
-            yield data[lo:hi]
+            yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
             pos += hi - lo
 
     def writer(self, key: str, total: int) -> RedisWriter | None:

@@ -41,5 +41,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         if redis is not None:
-            redis.client.close()
+            redis.close()
         store.close()
