@@ -72,7 +72,8 @@ async def upload_base(request: Request, store: StoreDep, settings: SettingsDep) 
     return JSONResponse(BasePublic(**vars(rec)).model_dump(), status_code=201 if created else 200)
 
 
-@router.api_route("/bases/{digest}", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
+@router.get("/bases/{digest}", operation_id="get_base", dependencies=[Depends(require("read"))])
+@router.head("/bases/{digest}", operation_id="head_base", dependencies=[Depends(require("read"))])
 def get_base(digest: str, request: Request, store: StoreDep) -> Response:
     """The base file as uploaded (ETag: the file's sha256)."""
     parsed = parse_ref(digest)

@@ -160,7 +160,8 @@ def blob_response(request: Request, path: Path, etag: str, headers: dict[str, st
     )
 
 
-@router.api_route("/bundles/{ref}", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
+@router.get("/bundles/{ref}", operation_id="get_bundle", dependencies=[Depends(require("read"))])
+@router.head("/bundles/{ref}", operation_id="head_bundle", dependencies=[Depends(require("read"))])
 def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
     """The raw bundle file."""
     parsed = parse_ref(ref)

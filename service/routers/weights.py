@@ -46,7 +46,8 @@ def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout,
     return lay, parsed.digest is not None, engine.weights_digest(lay)
 
 
-@router.api_route("/models/{ref}/weights", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
+@router.get("/models/{ref}/weights", operation_id="get_weights", dependencies=[Depends(require("read"))])
+@router.head("/models/{ref}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))])
 async def get_weights(
     ref: str,
     request: Request,
