@@ -65,3 +65,17 @@ def test_settings_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("MCNC_DEVICE", "tpu")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_module_level_app_for_uvicorn(monkeypatch, tmp_path):
+    import service.main as main_module
+    from service.config import get_settings
+
+    monkeypatch.setenv("MCNC_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        app = main_module.app
+        assert app.state.settings.data_dir == tmp_path and main_module.app is app
+    finally:
+        get_settings.cache_clear()
+        vars(main_module).pop("app", None)
