@@ -1,0 +1,98 @@
+"""``Settings``: every server option, read from ``MCNC_*`` environment variables at startup."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SCOPES", "Settings", "default_data_dir", "get_settings", "is_loopback"]
+
+SCOPES = ("read", "write", "admin")
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/mcnc``, else ``~/.local/share/mcnc``."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "mcnc"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Server configuration; each field ``x`` is the env var ``MCNC_X`` (booleans: 1/true/yes/on)."""
+
+    model_config = SettingsConfigDict(env_prefix="MCNC_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    redis_url: str | None = None
+    memory_cache_bytes: int = Field(1 << 30, ge=0)
+    redis_cache_bytes: int = Field(4 << 30, ge=0)
+    redis_ttl: int = Field(24 * 3600, ge=1)
+    redis_chunk_bytes: int = Field(8 << 20, ge=1024, le=8 << 20)
+    redis_prefix: str = "mcnc:"
+    api_tokens: str | None = None
+    public_read: bool = False
+    allow_insecure: bool = False
+    max_upload_bytes: int = Field(1 << 30, ge=1)
+    max_params: int = Field(10**10, ge=1)
+    max_concurrent_reconstructions: int = Field(2, ge=1)
+    max_queued_reconstructions: int = Field(32, ge=0)
+    rate_limit: float = Field(0.0, ge=0, description="requests per second per token (or client); 0 = off")
+    rate_limit_burst: int = Field(60, ge=1)
+    load_timeout: float = Field(600.0, gt=0)
+
+    @field_validator("redis_url", "api_tokens", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    def tokens(self) -> dict[str, frozenset[str]]:
+        """Parse ``api_tokens`` (JSON ``{"token": ["read", ...]}`` or a path to such a file).
+
+        Raises:
+            ValueError: malformed JSON, unknown scope, or an empty token.
+        """
+        if self.api_tokens is None:
+            return {}
+        text = self.api_tokens.strip()
+        if not text.startswith(("{", "[")):
+            try:
+                text = Path(text).expanduser().read_text()
+            except OSError as exc:
+                raise ValueError(f"MCNC_API_TOKENS is neither JSON nor a readable file: {exc}") from exc
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"MCNC_API_TOKENS is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError('MCNC_API_TOKENS must be a JSON object {"token": ["read", "write", "admin"]}')
+        out: dict[str, frozenset[str]] = {}
+        for token, scopes in raw.items():
+            if not token or not isinstance(scopes, list) or not all(s in SCOPES for s in scopes):
+                raise ValueError(f"MCNC_API_TOKENS: token entries need a list of scopes from {SCOPES}, got {scopes!r}")
+            out[token] = frozenset(scopes)
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (read once)."""
+    return Settings()  # type: ignore[call-arg]  # fields come from the environment

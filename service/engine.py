@@ -1,0 +1,389 @@
+"""Reconstruction engine: layouts, single-flight jobs, tier lookups and the byte stream; no FastAPI.
+
+A weights response is ``prefix`` (8-byte length + JSON header, from the manifest alone) followed by
+each tensor's bytes in manifest order. For bytes ``[start, end)`` the engine serves, in order of
+preference: tier 1 (every touched tensor in memory), tier 2 (the whole stream in Redis), or
+tensors. Tensors come from tier 1, else from the model's in-flight job, else from a reconstruction
+of just the missing tensors. A cold full request starts a job: ONE background reconstruction
+whose tensors every concurrent request streams (single flight); it fills tier 1 and tier 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+import mcnc_core
+from mcnc_core.bundle import Bundle
+from mcnc_core.reconstruct import iter_reconstruct, output_dtype
+from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
+from service.cache import MemoryCache, RedisCache, RedisUnavailable, RedisWriter
+from service.config import Settings
+from service.errors import BusyError
+from service.metrics import Metrics
+from service.storage import Store
+
+__all__ = ["DTYPES", "Engine", "Layout", "resolve_device"]
+
+log = logging.getLogger("mcnc.service.engine")
+DTYPES: dict[str, torch.dtype | None] = {
+    "native": None,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_PIECE = 4 << 20  # bytes per yielded body piece
+_LAG_TIMEOUT_S = 30.0  # a subscriber this far behind a job is dropped and rebuilds on its own
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU raises RuntimeError."""
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("MCNC_DEVICE=cuda but torch sees no CUDA device")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def numerics_profile(device: torch.device) -> str:
+    """What decides the last bits of a reconstruction: device kind/name and library versions."""
+    if device.type == "cuda":
+        return f"cuda/{torch.cuda.get_device_name(device)}/cuda-{torch.version.cuda}/torch-{torch.__version__}"
+    return f"cpu/torch-{torch.__version__}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The exact bytes of one weights response: header prefix, tensor byte ranges, ETag."""
+
+    digest: str
+    dtype: str
+    key: str  # cache key: digest:dtype:profile-hash
+    etag: str
+    prefix: bytes
+    names: tuple[str, ...]
+    spans: Mapping[str, tuple[int, int]]  # absolute [begin, end) in the response
+    total: int
+
+    @property
+    def data_bytes(self) -> int:
+        return self.total - len(self.prefix)
+
+    def touched(self, start: int, end: int) -> list[str]:
+        return [n for n in self.names if self.spans[n][0] < end and self.spans[n][1] > start]
+
+
+class _LazyBase(Mapping[str, Tensor]):
+    """A registered base file read one tensor at a time (bounded memory)."""
+
+    def __init__(self, path: Path) -> None:
+        self._f: Any = cast(Any, safe_open(str(path), framework="pt"))
+        self._keys = list(self._f.keys())
+
+    def close(self) -> None:
+        self._f.__exit__(None, None, None)
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._keys:
+            raise KeyError(name)
+        t: Tensor = self._f.get_tensor(name)
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class _Job:
+    """One full reconstruction shared by subscribers; retains tensors only while someone needs them."""
+
+    def __init__(self, layout: Layout, keep_all: bool) -> None:
+        self.layout, self.keep_all = layout, keep_all
+        self.index = {n: i for i, n in enumerate(layout.names)}
+        self.cond = threading.Condition()
+        self.tensors: dict[str, Tensor] = {}
+        self.produced = 0
+        self.finished = False
+        self.subs: dict[int, list[int]] = {}  # subscriber -> indices it still needs, ascending
+        self._next_sub = 0
+
+    def subscribe(self, names: list[str]) -> int:
+        with self.cond:
+            sid = self._next_sub = self._next_sub + 1
+            self.subs[sid] = [self.index[n] for n in names]
+            return sid
+
+    def unsubscribe(self, sid: int) -> None:
+        with self.cond:
+            self.subs.pop(sid, None)
+            self.cond.notify_all()
+
+    def take(self, sid: int, name: str) -> Tensor | None:
+        """The tensor once produced, or None (job failed or dropped it): rebuild it yourself."""
+        i = self.index[name]
+        with self.cond:
+            while self.produced <= i and not self.finished and sid in self.subs:
+                self.cond.wait(1.0)
+            t = self.tensors.get(name)
+            need = self.subs.get(sid)
+            if need is not None:
+                self.subs[sid] = [j for j in need if j > i]
+            self.cond.notify_all()
+            return t
+
+    def publish(self, name: str, t: Tensor) -> None:
+        i = self.index[name]
+        with self.cond:
+            self.tensors[name] = t
+            self.produced = i + 1
+            self.cond.notify_all()
+            if self.keep_all:
+                return
+            # Backpressure: hold at most one tensor beyond the slowest subscriber.
+            deadline = time.monotonic() + _LAG_TIMEOUT_S
+            while any(need and need[0] < i for need in self.subs.values()) and time.monotonic() < deadline:
+                self.cond.wait(0.5)
+            for sid in [s for s, need in self.subs.items() if need and need[0] < i]:
+                del self.subs[sid]  # too slow: it rebuilds what it still needs itself
+            low = min((need[0] for need in self.subs.values() if need), default=len(self.index))
+            for n in list(self.tensors):
+                if self.index[n] < low:
+                    del self.tensors[n]
+
+    def finish(self) -> None:
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+
+class Engine:
+    """Everything between a request for bytes and ``mcnc_core``: runs in worker threads only."""
+
+    def __init__(
+        self, settings: Settings, store: Store, metrics: Metrics, memory: MemoryCache, redis: RedisCache | None
+    ) -> None:
+        self.settings, self.store, self.metrics = settings, store, metrics
+        self.memory, self.redis = memory, redis
+        self.device = resolve_device(settings.device)
+        self.profile = numerics_profile(self.device)
+        self._sem = threading.BoundedSemaphore(settings.max_concurrent_reconstructions)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._bundles: OrderedDict[str, Bundle] = OrderedDict()
+        self._layouts: dict[tuple[str, str, str], Layout] = {}
+        self._weights_digests: dict[str, str] = {}  # model key -> sha256 of the full response
+        self._pending = 0
+        self.reconstruction_count = 0  # tensors-producing runs, full and partial (for tests)
+
+    # bundles and layouts
+    def bundle(self, digest: str) -> Bundle:
+        """The parsed bundle (a small LRU avoids re-validating hot bundles)."""
+        with self._lock:
+            if digest in self._bundles:
+                self._bundles.move_to_end(digest)
+                return self._bundles[digest]
+        b = mcnc_core.load_bundle(self.store.blob_path("bundles", digest))
+        with self._lock:
+            self._bundles[digest] = b
+            while len(self._bundles) > 16:
+                self._bundles.popitem(last=False)
+        return b
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            self._bundles.pop(digest, None)
+            for k in [k for k in self._layouts if k[0] == digest]:
+                del self._layouts[k]
+            for key in [key for key in self._weights_digests if key.startswith(digest + ":")]:
+                del self._weights_digests[key]
+        self.memory.drop_digest(digest)
+        if self.redis is not None:
+            self.redis.drop_digest(digest)
+
+    def layout(self, digest: str, dtype: str) -> Layout:
+        """The response layout for ``(digest, dtype)`` on this server's numerics profile (memoised)."""
+        memo_key = (digest, dtype, self.profile)
+        with self._lock:
+            cached = self._layouts.get(memo_key)
+        if cached is not None:
+            return cached
+        lay = self._layout(digest, dtype)
+        with self._lock:
+            self._layouts[memo_key] = lay
+            while len(self._layouts) > 256:
+                self._layouts.pop(next(iter(self._layouts)))
+        return lay
+
+    def _layout(self, digest: str, dtype: str) -> Layout:
+        b = self.bundle(digest)
+        tdtype = DTYPES[dtype]
+        tensors = [(e.name, TORCH_TO_DTYPE[output_dtype(e, tdtype)], e.shape) for e in b.manifest]
+        meta = {"format": "pt", "bundle_sha256": digest, "mcnc_numerics": self.profile}
+        prefix, entries = build_header(tensors, meta)
+        spans = {h.name: (len(prefix) + h.begin, len(prefix) + h.end) for h in entries}
+        total = len(prefix) + (entries[-1].end if entries else 0)
+        ident = hashlib.sha256(f"mcnc-weights/1\0{digest}\0{dtype}\0{self.profile}".encode()).hexdigest()
+        key = f"{digest}:{dtype}:{ident[:16]}"
+        return Layout(digest, dtype, key, ident, prefix, tuple(spans), spans, total)
+
+    def weights_digest(self, lay: Layout) -> str | None:
+        """sha256 of the full response once one full reconstruction here (or in Redis) recorded it."""
+        with self._lock:
+            known = self._weights_digests.get(lay.key)
+        if known is None and self.redis is not None:
+            known = self.redis.weights_digest(lay.key)
+            if known is not None:
+                with self._lock:
+                    self._weights_digests[lay.key] = known
+        return known
+
+    # admission
+    def is_warm(self, lay: Layout, start: int, end: int) -> bool:
+        return self.memory.has_all(lay.key, lay.touched(start, end))
+
+    def admit(self) -> None:
+        """Refuse (429) when too many reconstructions are already running or queued."""
+        limit = self.settings.max_concurrent_reconstructions + self.settings.max_queued_reconstructions
+        with self._lock:
+            if self._pending >= limit:
+                raise BusyError(
+                    f"{self._pending} reconstructions running or queued (limit {limit}); retry later",
+                    headers={"Retry-After": "1"},
+                )
+
+    # the stream
+    def stream(self, lay: Layout, start: int, end: int) -> Iterator[bytes | memoryview]:
+        """Yield the response bytes ``[start, end)`` (a sync generator: iterate it in a thread)."""
+        if start < len(lay.prefix):
+            yield lay.prefix[start : min(end, len(lay.prefix))]
+        pos = max(start, len(lay.prefix))
+        if pos >= end:
+            return
+        touched = lay.touched(pos, end)
+        whole = start == 0 and end == lay.total
+        if self.memory.has_all(lay.key, touched):
+            self.metrics.hits.labels("memory").inc()
+        else:
+            self.metrics.misses.labels("memory").inc()
+            if self.redis is not None:
+                meta = self.redis.meta(lay.key, lay.total)
+                if meta is not None:
+                    try:
+                        for piece in self.redis.read(lay.key, meta, pos, end):
+                            yield piece
+                            pos += len(piece)
+                        return
+                    except RedisUnavailable:
+                        whole = False  # resume from ``pos``, rebuilding only what is left
+                    touched = lay.touched(pos, end)
+        for name, t in self._tensors(lay, touched, full=whole):
+            b, e = lay.spans[name]
+            buf = tensor_bytes(t)
+            lo, hi = max(pos, b) - b, min(end, e) - b
+            for off in range(lo, hi, _PIECE):
+                yield buf[off : min(hi, off + _PIECE)]
+            pos = b + hi
+
+    def _tensors(self, lay: Layout, names: list[str], *, full: bool) -> Iterator[tuple[str, Tensor]]:
+        """``(name, tensor)`` for ``names`` in order: memory, else the job, else rebuild the rest."""
+        job = None
+        with self._lock:
+            job = self._jobs.get(lay.key)
+            if job is None and full and not self.memory.has_all(lay.key, names):
+                job = self._start_job(lay)
+        sid = job.subscribe(names) if job is not None else None
+        own: Iterator[tuple[str, Tensor]] | None = None
+        try:
+            for i, name in enumerate(names):
+                t = None if own is not None else self.memory.get(lay.key, name)
+                if t is None and job is not None and sid is not None:
+                    t = job.take(sid, name)
+                if t is None:
+                    if own is None:  # from here on, rebuild every remaining tensor ourselves
+                        if job is not None and sid is not None:
+                            job.unsubscribe(sid)
+                            job = None
+                        own = self._reconstruct(lay, names[i:], kind="partial")
+                    got, t = next(own)
+                    assert got == name, (got, name)
+                yield name, t
+        finally:
+            if job is not None and sid is not None:
+                job.unsubscribe(sid)
+            if own is not None:
+                own.close()  # type: ignore[attr-defined]
+
+    def _start_job(self, lay: Layout) -> _Job:
+        # caller holds self._lock
+        job = _Job(lay, keep_all=lay.data_bytes <= self.memory.budget)
+        self._jobs[lay.key] = job
+        threading.Thread(target=self._run_job, args=(job,), name=f"mcnc-job-{lay.digest[:8]}", daemon=True).start()
+        return job
+
+    def _run_job(self, job: _Job) -> None:
+        lay = job.layout
+        writer: RedisWriter | None = None
+        digest = hashlib.sha256(lay.prefix)
+        try:
+            if self.redis is not None and not self.redis.has(lay.key):
+                writer = self.redis.writer(lay.key, lay.total)
+                if writer is not None:
+                    writer.feed(lay.prefix)
+            for name, t in self._reconstruct(lay, list(lay.names), kind="full"):
+                self.memory.put(lay.key, name, t)
+                job.publish(name, t)
+                data = tensor_bytes(t)
+                digest.update(data)
+                if writer is not None:
+                    writer.feed(data)
+            with self._lock:
+                self._weights_digests[lay.key] = digest.hexdigest()
+            if writer is not None:
+                writer.commit(digest.hexdigest())
+        except Exception:
+            log.exception("reconstruction job for %s failed", lay.key)
+        finally:
+            with self._lock:
+                self._jobs.pop(lay.key, None)
+            job.finish()
+
+    def _reconstruct(self, lay: Layout, names: list[str], *, kind: str) -> Iterator[tuple[str, Tensor]]:
+        """Run ``iter_reconstruct`` for ``names`` under the concurrency limit."""
+        with self._lock:
+            self._pending += 1
+        acquired = False
+        base: _LazyBase | None = None
+        try:
+            acquired = self._sem.acquire(timeout=self.settings.load_timeout)
+            if not acquired:
+                raise TimeoutError(f"no reconstruction slot within {self.settings.load_timeout}s")
+            bundle = self.bundle(lay.digest)
+            if bundle.base is not None:
+                base = _LazyBase(self.store.blob_path("bases", bundle.base.sha256))
+            self.metrics.reconstructions.labels(kind).inc()
+            with self._lock:
+                self.reconstruction_count += 1
+            t0 = time.perf_counter()
+            wanted = None if len(names) == len(lay.names) else names
+            yield from iter_reconstruct(bundle, base, self.device, DTYPES[lay.dtype], verify_base=False, names=wanted)
+            self.metrics.reconstruction_seconds.labels(kind).observe(time.perf_counter() - t0)
+        finally:
+            if base is not None:
+                base.close()
+            if acquired:
+                self._sem.release()
+            with self._lock:
+                self._pending -= 1

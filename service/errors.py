@@ -1,0 +1,211 @@
+"""The ``ServiceError`` tree and the handlers that render every error as the JSON envelope.
+
+::
+
+    ServiceError                       500 internal_error
+    ├── InvalidRequestError            400 invalid_request (422 for validation errors)
+    ├── UnauthorizedError              401 unauthorized
+    ├── ForbiddenError                 403 forbidden
+    ├── NotFoundError                  404 not_found
+    │   ├── BundleNotFoundError        404 bundle_not_found
+    │   ├── ModelNotFoundError         404 model_not_found
+    │   └── BaseNotFoundError          404 base_not_found
+    ├── ConflictError                  409 conflict
+    ├── PayloadTooLargeError           413 payload_too_large
+    ├── RangeNotSatisfiableError       416 range_not_satisfiable
+    ├── InvalidBundleError             422 invalid_bundle
+    ├── InvalidBaseError               422 invalid_base
+    ├── LimitExceededError             422 limit_exceeded
+    ├── BaseNotRegisteredError         422 base_not_registered
+    ├── RateLimitedError               429 rate_limited (Retry-After)
+    ├── BusyError                      429 busy (Retry-After)
+    └── InsecureBindError              refused at startup: non-loopback host without tokens
+
+Every response body is ``{"error": {"code", "message", "request_id"}}`` and ``X-Error-Code``
+repeats the code.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "ERROR_CODES",
+    "BaseNotFoundError",
+    "BaseNotRegisteredError",
+    "BundleNotFoundError",
+    "BusyError",
+    "ConflictError",
+    "ForbiddenError",
+    "InsecureBindError",
+    "InvalidBaseError",
+    "InvalidBundleError",
+    "InvalidRequestError",
+    "LimitExceededError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RangeNotSatisfiableError",
+    "RateLimitedError",
+    "ServiceError",
+    "UnauthorizedError",
+    "error_response",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("mcnc.service")
+
+
+class ServiceError(Exception):
+    """Root of every error the service reports on purpose; carries status, code and headers."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequestError(ServiceError):
+    status, code = 400, "invalid_request"
+
+
+class UnauthorizedError(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    status, code = 403, "forbidden"
+
+
+class NotFoundError(ServiceError):
+    status, code = 404, "not_found"
+
+
+class BundleNotFoundError(NotFoundError):
+    code = "bundle_not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class BaseNotFoundError(NotFoundError):
+    code = "base_not_found"
+
+
+class ConflictError(ServiceError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLargeError(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class RangeNotSatisfiableError(ServiceError):
+    status, code = 416, "range_not_satisfiable"
+
+
+class InvalidBundleError(ServiceError):
+    status, code = 422, "invalid_bundle"
+
+
+class InvalidBaseError(ServiceError):
+    status, code = 422, "invalid_base"
+
+
+class LimitExceededError(ServiceError):
+    status, code = 422, "limit_exceeded"
+
+
+class BaseNotRegisteredError(ServiceError):
+    status, code = 422, "base_not_registered"
+
+
+class RateLimitedError(ServiceError):
+    status, code = 429, "rate_limited"
+
+
+class BusyError(ServiceError):
+    status, code = 429, "busy"
+
+
+class InsecureBindError(ServiceError):
+    """Startup refused: a non-loopback host without API tokens (set MCNC_ALLOW_INSECURE=1 to override)."""
+
+    code = "insecure_bind"
+
+
+ERROR_CODES: dict[str, int] = {
+    cls.code: cls.status
+    for cls in (
+        InvalidRequestError,
+        UnauthorizedError,
+        ForbiddenError,
+        NotFoundError,
+        BundleNotFoundError,
+        ModelNotFoundError,
+        BaseNotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        RangeNotSatisfiableError,
+        InvalidBundleError,
+        InvalidBaseError,
+        LimitExceededError,
+        BaseNotRegisteredError,
+        RateLimitedError,
+        BusyError,
+        ServiceError,
+    )
+}
+_STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found"}
+_STATUS_CODES |= {405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The envelope ``{"error": {"code", "message", "request_id"}}`` with ``X-Error-Code``."""
+    body = {"error": {"code": code, "message": message, "request_id": uuid.uuid4().hex}}
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Error-Code": code})
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "invalid_request")
+    headers: dict[str, Any] = dict(exc.headers or {})
+    return error_response(exc.status_code, code, str(exc.detail), headers)
+
+
+async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error (ours, validation, routing 404/405, unexpected) through the envelope."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)

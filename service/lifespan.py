@@ -1,0 +1,45 @@
+"""Builds and closes what the app holds: store, caches, Redis client, device, engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.cache import MemoryCache, RedisCache
+from service.engine import Engine
+from service.storage import LocalStore
+
+__all__ = ["lifespan"]
+
+log = logging.getLogger("mcnc.service")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings, metrics = app.state.settings, app.state.metrics
+    store = LocalStore(settings.data_dir)
+    memory = MemoryCache(settings.memory_cache_bytes, metrics)
+    redis = None
+    if settings.redis_url:
+        redis = RedisCache(
+            settings.redis_url,
+            budget=settings.redis_cache_bytes,
+            ttl=settings.redis_ttl,
+            chunk_bytes=settings.redis_chunk_bytes,
+            prefix=settings.redis_prefix,
+            metrics=metrics,
+        )
+        if not redis.ping():
+            log.warning("Redis at %s is not answering; tier 2 stays off until it does", settings.redis_url)
+    app.state.store = store
+    app.state.engine = Engine(settings, store, metrics, memory, redis)
+    log.info("mcnc service: data %s, device %s", settings.data_dir, app.state.engine.device)
+    try:
+        yield
+    finally:
+        if redis is not None:
+            redis.close()
+        store.close()

@@ -1,0 +1,84 @@
+"""``POST /bases`` (register a delta's base safetensors file), ``GET|HEAD /bases/{digest}``."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from safetensors import safe_open
+
+from mcnc_core.safetensors_io import TORCH_TO_DTYPE, tensor_bytes
+from service.deps import SettingsDep, StoreDep, require
+from service.errors import BaseNotFoundError, InvalidBaseError
+from service.routers.bundles import blob_response, receive_body
+from service.schemas import BasePublic
+from service.storage import BaseRecord, Store, TempBlob, parse_ref
+
+router = APIRouter(tags=["bases"])
+
+
+def streaming_state_digest(path: str) -> tuple[str, int, int]:
+    """``mcnc_core.state_digest`` of a safetensors file, reading one tensor at a time.
+
+    Same byte sequence as ``state_digest`` (names ascending; name, dtype, shape, length, data),
+    without holding every tensor at once. Returns ``(digest, tensors, parameters)``.
+    """
+    h = hashlib.sha256()
+    n_params = 0
+    f: Any
+    with safe_open(path, framework="pt") as f:
+        names = sorted(f.keys())
+        for name in names:
+            t = f.get_tensor(name)
+            if t.dtype not in TORCH_TO_DTYPE:
+                raise InvalidBaseError(f"tensor {name!r} has dtype {t.dtype}, not one MCNC bundles use")
+            data = tensor_bytes(t)
+            h.update(name.encode() + b"\0" + TORCH_TO_DTYPE[t.dtype].encode() + b"\0")
+            h.update(",".join(map(str, t.shape)).encode() + b"\0" + len(data).to_bytes(8, "little"))
+            h.update(data)
+            n_params += math.prod(t.shape)
+    return h.hexdigest(), len(names), n_params
+
+
+def _store_base(store: Store, tmp: TempBlob) -> tuple[BaseRecord, bool]:
+    try:
+        file_sha = tmp.finish()
+        try:
+            digest, n_tensors, n_params = streaming_state_digest(str(tmp.path))
+        except InvalidBaseError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for malformed files
+            raise InvalidBaseError(f"not a valid safetensors file: {exc}") from exc
+        rec = store.get_base(digest)
+        if rec is not None:
+            return rec, False
+        rec = BaseRecord(digest, file_sha, tmp.size, n_tensors, n_params, time.time())
+        store.commit_blob("bases", tmp, digest)
+        return rec, store.add_base(rec)
+    finally:
+        tmp.discard()
+
+
+@router.post("/bases", status_code=201, response_model=BasePublic, dependencies=[Depends(require("write"))])
+async def upload_base(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    """Register a base (safetensors); addressed by the ``state_digest`` of its tensors."""
+    tmp = await receive_body(request, store, settings.max_upload_bytes)
+    rec, created = await run_in_threadpool(_store_base, store, tmp)
+    return JSONResponse(BasePublic(**vars(rec)).model_dump(), status_code=201 if created else 200)
+
+
+@router.get("/bases/{digest}", operation_id="get_base", dependencies=[Depends(require("read"))])
+@router.head("/bases/{digest}", operation_id="head_base", dependencies=[Depends(require("read"))])
+def get_base(digest: str, request: Request, store: StoreDep) -> Response:
+    """The base file as uploaded (ETag: the file's sha256)."""
+    parsed = parse_ref(digest)
+    rec = store.get_base(parsed.digest) if parsed.digest else None
+    if rec is None:
+        raise BaseNotFoundError(f"no base {digest!r}")
+    headers = {"X-MCNC-Base-Digest": f"sha256:{rec.digest}", "Cache-Control": "public, max-age=31536000, immutable"}
+    return blob_response(request, store.blob_path("bases", rec.digest), rec.file_sha256, headers)

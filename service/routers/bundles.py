@@ -1,0 +1,190 @@
+"""``POST /bundles``, ``GET|HEAD /bundles/{ref}``, ``DELETE /bundles/{id}``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+import mcnc_core
+from service.config import Settings
+from service.deps import EngineDep, SettingsDep, StoreDep, require
+from service.errors import (
+    BaseNotRegisteredError,
+    BundleNotFoundError,
+    ConflictError,
+    InvalidBundleError,
+    InvalidRequestError,
+    LimitExceededError,
+    PayloadTooLargeError,
+)
+from service.ranges import etag_matches, file_pieces, parse_range
+from service.schemas import BundlePublic, TagPublic
+from service.storage import DEFAULT_TAG, BundleRecord, Store, TempBlob, parse_ref, validate_name, validate_tag
+
+router = APIRouter(tags=["bundles"])
+_BUFFER = 1 << 20
+
+
+def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
+    return BundlePublic(
+        id=rec.digest,
+        digest=f"sha256:{rec.digest}",
+        size=rec.size,
+        num_params=rec.num_params,
+        reconstructed_bytes=rec.reconstructed_nbytes,
+        stored_numbers=rec.stored_numbers,
+        compression_ratio=rec.reconstructed_nbytes / max(rec.size, 1),
+        mode=rec.mode,
+        base=rec.base_sha256,
+        created_at=rec.created_at,
+        tags=[TagPublic(**vars(t)) for t in store.tags_for(rec.digest)],
+    )
+
+
+async def receive_body(request: Request, store: Store, limit: int) -> TempBlob:
+    """Stream the request body into a temp blob, refusing past ``limit`` bytes (413)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"body is {declared} bytes, over the limit of {limit} (MCNC_MAX_UPLOAD_BYTES)")
+    tmp = await run_in_threadpool(store.temp_blob)
+    try:
+        buf = bytearray()
+        async for chunk in request.stream():
+            if tmp.size + len(buf) + len(chunk) > limit:
+                raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes (MCNC_MAX_UPLOAD_BYTES)")
+            buf += chunk
+            if len(buf) >= _BUFFER:
+                await run_in_threadpool(tmp.write, bytes(buf))
+                buf.clear()
+        if buf:
+            await run_in_threadpool(tmp.write, bytes(buf))
+        if tmp.size == 0:
+            raise InvalidRequestError("empty body: send the bundle file as application/octet-stream")
+    except BaseException:
+        await run_in_threadpool(tmp.discard)
+        raise
+    return tmp
+
+
+def _store_bundle(
+    store: Store, settings: Settings, tmp: TempBlob, name: str | None, tag: str
+) -> tuple[BundleRecord, bool]:
+    """Validate with the strict reader, then commit blob and metadata; the temp file never survives."""
+    try:
+        digest = tmp.finish()
+        rec = store.get_bundle(digest)
+        created = False
+        if rec is None:
+            limits = mcnc_core.ReadLimits(max_bytes=settings.max_upload_bytes, max_params=settings.max_params)
+            try:
+                bundle = mcnc_core.load_bundle(tmp.path, limits=limits)
+            except mcnc_core.BundleLimitError as exc:
+                raise LimitExceededError(f"bundle refused: {exc}") from exc
+            except mcnc_core.MCNCError as exc:
+                raise InvalidBundleError(f"not a valid MCNC bundle ({type(exc).__name__}): {exc}") from exc
+            if bundle.base is not None and store.get_base(bundle.base.sha256) is None:
+                raise BaseNotRegisteredError(
+                    f"delta bundle needs base sha256:{bundle.base.sha256} ({bundle.base.name or 'unnamed'}); "
+                    "register it first with POST /bases"
+                )
+            rec = BundleRecord(
+                digest=digest,
+                size=tmp.size,
+                num_params=bundle.num_params,
+                reconstructed_nbytes=bundle.reconstructed_nbytes,
+                stored_numbers=bundle.stored_numbers,
+                mode=bundle.mode,
+                base_sha256=bundle.base.sha256 if bundle.base else None,
+                base_name=bundle.base.name if bundle.base else None,
+                created_at=time.time(),
+            )
+            store.commit_blob("bundles", tmp, digest)
+            created = store.add_bundle(rec)
+            rec = store.get_bundle(digest) or rec
+        if name is not None:
+            store.set_tag(name, tag, digest)
+        return rec, created
+    finally:
+        tmp.discard()
+
+
+@router.post(
+    "/bundles",
+    status_code=201,
+    response_model=BundlePublic,
+    dependencies=[Depends(require("write"))],
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
+)
+async def upload_bundle(
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    name: Annotated[str | None, Query(max_length=128)] = None,
+    tag: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    """Store a bundle (201 first time, 200 for bytes already stored); optionally name:tag it."""
+    if name is not None:
+        validate_name(name)
+    if tag is not None:
+        if name is None:
+            raise InvalidRequestError("tag given without name")
+        validate_tag(tag)
+    tmp = await receive_body(request, store, settings.max_upload_bytes)
+    rec, created = await run_in_threadpool(_store_bundle, store, settings, tmp, name, tag or DEFAULT_TAG)
+    body = bundle_public(store, rec)
+    return JSONResponse(body.model_dump(), status_code=201 if created else 200, headers={"ETag": f'"{rec.digest}"'})
+
+
+def blob_response(request: Request, path: Path, etag: str, headers: dict[str, str]) -> Response:
+    """A stored blob with ETag/304, Range/206/416, HEAD; read in pieces from a worker thread."""
+    headers = {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    total = path.stat().st_size
+    rng = parse_range(request.headers.get("range"), total)
+    start, end = rng or (0, total)
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(
+        file_pieces(path, start, end), status_code=status, headers=headers, media_type="application/octet-stream"
+    )
+
+
+@router.get("/bundles/{ref}", operation_id="get_bundle", dependencies=[Depends(require("read"))])
+@router.head("/bundles/{ref}", operation_id="head_bundle", dependencies=[Depends(require("read"))])
+def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
+    """The raw bundle file."""
+    parsed = parse_ref(ref)
+    digest = store.resolve(parsed)
+    if digest is None:
+        raise BundleNotFoundError(f"no bundle {ref!r}")
+    cache = "public, max-age=31536000, immutable" if parsed.digest else "no-cache"
+    headers = {"X-MCNC-Bundle-Digest": f"sha256:{digest}", "Cache-Control": cache}
+    return blob_response(request, store.blob_path("bundles", digest), digest, headers)
+
+
+@router.delete("/bundles/{id}", status_code=204, dependencies=[Depends(require("admin"))])
+def delete_bundle(id: str, store: StoreDep, engine: EngineDep, force: bool = False) -> Response:
+    """Delete a bundle by digest; 409 while names point at it unless ``force=true``."""
+    parsed = parse_ref(id)
+    if parsed.digest is None:
+        raise InvalidRequestError(f"DELETE /bundles takes a digest, got {id!r}; use DELETE /models/{{ref}} for names")
+    if store.get_bundle(parsed.digest) is None:
+        raise BundleNotFoundError(f"no bundle sha256:{parsed.digest}")
+    tags = store.tags_for(parsed.digest)
+    if tags and not force:
+        names = ", ".join(f"{t.name}:{t.tag}" for t in tags[:10])
+        raise ConflictError(f"bundle is still named by {names}; remove those names or pass force=true")
+    store.delete_bundle(parsed.digest)
+    engine.forget(parsed.digest)
+    return Response(status_code=204)

@@ -1,0 +1,71 @@
+"""``GET /models`` (names, or what is loaded), ``GET /models/{ref}``, ``DELETE /models/{ref}``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+
+from service.deps import EngineDep, StoreDep, require
+from service.engine import Engine
+from service.errors import InvalidRequestError, ModelNotFoundError
+from service.routers.bundles import bundle_public
+from service.schemas import LoadedModel, LoadedModels, ModelPublic, ModelsPublic, TagPublic
+from service.storage import Store, parse_ref
+
+router = APIRouter(tags=["models"])
+
+
+def _loaded(store: Store, engine: Engine) -> list[LoadedModel]:
+    rows: list[tuple[str, str, int, float]] = [
+        (key, "memory", s.nbytes, s.last_used) for key, s in engine.memory.loaded().items()
+    ]
+    if engine.redis is not None:
+        rows += [(key, "redis", n, last) for key, n, last in engine.redis.loaded()]
+    out = []
+    for key, tier, nbytes, last in sorted(rows, key=lambda r: -r[3]):
+        digest, _, rest = key.partition(":")
+        dtype = rest.partition(":")[0]
+        tags = [f"{t.name}:{t.tag}" for t in store.tags_for(digest)]
+        out.append(LoadedModel(digest=digest, dtype=dtype, key=key, tier=tier, bytes=nbytes, last_used=last, tags=tags))
+    return out
+
+
+@router.get("/models", response_model=ModelsPublic | LoadedModels, dependencies=[Depends(require("read"))])
+async def list_models(
+    store: StoreDep,
+    engine: EngineDep,
+    loaded: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelsPublic | LoadedModels:
+    """Names and tags with their digests (paginated), or with ``loaded=true`` what each tier holds."""
+    if loaded:
+        return LoadedModels(items=await run_in_threadpool(_loaded, store, engine))
+    tags, total = await run_in_threadpool(store.list_tags, limit=limit, offset=offset)
+    return ModelsPublic(items=[TagPublic(**vars(t)) for t in tags], total=total, limit=limit, offset=offset)
+
+
+@router.get("/models/{ref}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
+def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
+    """Metadata of the bundle ``ref`` resolves to."""
+    digest = store.resolve(parse_ref(ref))
+    rec = store.get_bundle(digest) if digest else None
+    if rec is None:
+        raise ModelNotFoundError(f"no model {ref!r}")
+    tiers = sorted({m.tier for m in _loaded(store, engine) if m.digest == rec.digest})
+    return ModelPublic(**bundle_public(store, rec).model_dump(), loaded=tiers)
+
+
+@router.delete("/models/{ref}", dependencies=[Depends(require("admin"))])
+def delete_model(ref: str, store: StoreDep) -> dict[str, str]:
+    """Remove a name:tag (the bundle stays; delete it with ``DELETE /bundles/{id}``)."""
+    parsed = parse_ref(ref)
+    if parsed.digest is not None:
+        raise InvalidRequestError("DELETE /models takes name or name:tag; delete digests with DELETE /bundles/{id}")
+    assert parsed.name is not None and parsed.tag is not None
+    rec = store.get_tag(parsed.name, parsed.tag)
+    if rec is None or not store.delete_tag(parsed.name, parsed.tag):
+        raise ModelNotFoundError(f"no model {parsed.name}:{parsed.tag}")
+    return {"deleted": f"{parsed.name}:{parsed.tag}", "digest": f"sha256:{rec.digest}"}

@@ -1,0 +1,84 @@
+"""``GET|HEAD /models/{ref}/weights``: reconstructed weights as a safetensors stream, header first."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from service.deps import EngineDep, StoreDep, require
+from service.engine import Engine, Layout
+from service.errors import ModelNotFoundError
+from service.ranges import etag_matches, parse_range
+from service.storage import Store, parse_ref
+
+router = APIRouter(tags=["weights"])
+_END = b""
+
+
+async def closing_stream(gen: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    """Iterate a sync stream in worker threads and close it even when the client goes away.
+
+    Closing at once (not at garbage collection) leaves a single-flight job and frees the
+    reconstruction slot as soon as the client disconnects.
+    """
+    try:
+        while True:
+            piece = await anyio.to_thread.run_sync(next, gen, _END)
+            if piece is _END:
+                return
+            yield piece
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(gen.close)  # type: ignore[attr-defined]
+
+
+def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool, str | None]:
+    parsed = parse_ref(ref)
+    digest = store.resolve(parsed)
+    if digest is None:
+        raise ModelNotFoundError(f"no model {ref!r}")
+    lay = engine.layout(digest, dtype)
+    return lay, parsed.digest is not None, engine.weights_digest(lay)
+
+
+@router.get("/models/{ref}/weights", operation_id="get_weights", dependencies=[Depends(require("read"))])
+@router.head("/models/{ref}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))])
+async def get_weights(
+    ref: str,
+    request: Request,
+    store: StoreDep,
+    engine: EngineDep,
+    dtype: Literal["native", "float32", "float16", "bfloat16"] = "native",
+) -> Response:
+    """Reconstructed weights (safetensors); ETag, 304, Range/206 rebuilding only touched tensors."""
+    lay, by_digest, weights_sha = await run_in_threadpool(_layout, store, engine, ref, dtype)
+    headers = {
+        "ETag": f'"{lay.etag}"',
+        "Accept-Ranges": "bytes",
+        "X-MCNC-Bundle-Digest": f"sha256:{lay.digest}",
+        "X-MCNC-Numerics": engine.profile,
+        "Cache-Control": "public, max-age=31536000, immutable" if by_digest else "no-cache",
+    }
+    if weights_sha is not None:  # known after a first full reconstruction; lets clients verify
+        headers["X-MCNC-Weights-Digest"] = f"sha256:{weights_sha}"
+    if etag_matches(request.headers.get("if-none-match"), lay.etag):
+        return Response(status_code=304, headers=headers)
+    rng = parse_range(request.headers.get("range"), lay.total)
+    start, end = rng or (0, lay.total)
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{lay.total}"
+    headers["Content-Length"] = str(end - start)
+    media = "application/octet-stream"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
+    if not engine.is_warm(lay, start, end):
+        engine.admit()
+    body = closing_stream(engine.stream(lay, start, end))
+    return StreamingResponse(body, status_code=status, headers=headers, media_type=media)

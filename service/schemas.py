@@ -1,0 +1,82 @@
+"""Response models: what the API returns, as documented in OpenAPI."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+__all__ = [
+    "BasePublic",
+    "BundlePublic",
+    "ErrorBody",
+    "ErrorResponse",
+    "LoadedModel",
+    "LoadedModels",
+    "ModelPublic",
+    "ModelsPublic",
+    "TagPublic",
+]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class TagPublic(BaseModel):
+    name: str
+    tag: str
+    digest: str
+    updated_at: float
+
+
+class BundlePublic(BaseModel):
+    id: str
+    digest: str
+    size: int
+    num_params: int
+    reconstructed_bytes: int
+    stored_numbers: int
+    compression_ratio: float
+    mode: str
+    base: str | None
+    created_at: float
+    tags: list[TagPublic] = []
+
+
+class ModelPublic(BundlePublic):
+    loaded: list[str] = []  # tiers holding some of it (any dtype)
+
+
+class ModelsPublic(BaseModel):
+    items: list[TagPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class LoadedModel(BaseModel):
+    digest: str
+    dtype: str
+    key: str
+    tier: str
+    bytes: int
+    last_used: float
+    tags: list[str]
+
+
+class LoadedModels(BaseModel):
+    items: list[LoadedModel]
+
+
+class BasePublic(BaseModel):
+    digest: str
+    file_sha256: str
+    size: int
+    num_tensors: int
+    num_params: int
+    created_at: float
