@@ -112,7 +112,7 @@ class AsyncClient(BaseClient):
                         partial.open(resp.status_code, resp.headers) as f,
                         progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
                     ):
-                        async for block in resp.aiter_bytes(1 << 20):
+                        async for block in resp.aiter_bytes():
                             f.write(block)
                             received += len(block)
                             bar.update(len(block))

@@ -68,13 +68,23 @@ def verify_weights_file(weights_path: Path, bundle_path: Path) -> int:
     Raises:
         IntegrityError: a tensor is missing, extra, mis-shaped or outside the fingerprint tolerance.
     """
-    from safetensors import safe_open
 
     import mcnc_core
     from mcnc_core.fingerprint import check_tensor
 
     bundle = mcnc_core.load_bundle(bundle_path)
     index = {e.name: i for i, e in enumerate(bundle.manifest)}
+    try:
+        return _check_file(weights_path, bundle, index, check_tensor, mcnc_core.FingerprintMismatchError)
+    except IntegrityError:
+        raise
+    except Exception as exc:  # safetensors raises its own error type for unreadable files
+        raise IntegrityError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
+
+
+def _check_file(weights_path: Path, bundle: Any, index: dict[str, int], check_tensor: Any, mismatch: Any) -> int:
+    from safetensors import safe_open
+
     with safe_open(str(weights_path), framework="pt") as f:
         names = set(f.keys())
         if names != set(index):
@@ -90,6 +100,6 @@ def verify_weights_file(weights_path: Path, bundle_path: Path) -> int:
             if name in bundle.fingerprint:
                 try:
                     check_tensor(name, t, index[name], bundle.fingerprint[name])
-                except mcnc_core.FingerprintMismatchError as exc:
+                except mismatch as exc:
                     raise IntegrityError(str(exc)) from exc
     return len(names)

@@ -108,7 +108,7 @@ class Client(BaseClient):
                         partial.open(resp.status_code, resp.headers) as f,
                         progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
                     ):
-                        for block in resp.iter_bytes(1 << 20):
+                        for block in resp.iter_bytes():
                             f.write(block)
                             received += len(block)
                             bar.update(len(block))

@@ -10,15 +10,22 @@ from service.errors import RangeNotSatisfiableError
 __all__ = ["etag_matches", "file_pieces", "parse_range"]
 
 
-def parse_range(header: str | None, total: int) -> tuple[int, int] | None:
+def parse_range(
+    header: str | None, total: int, *, if_range: str | None = None, etag: str | None = None
+) -> tuple[int, int] | None:
     """``[start, end)`` for a single ``bytes=`` range, None to send everything.
 
-    Malformed or multi-range headers are ignored (a full 200 is a valid answer).
+    Malformed or multi-range headers are ignored (a full 200 is a valid answer), and so is the
+    range when ``If-Range`` does not name the current ``etag`` exactly (strong comparison; a date
+    never matches): a client resuming bytes of another representation gets the whole new one
+    instead of a splice of two.
 
     Raises:
         RangeNotSatisfiableError: the range starts at or past ``total`` (416, ``Content-Range: */N``).
     """
     if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    if if_range is not None and if_range.strip() != f'"{etag}"':
         return None
     first, sep, last = header[6:].strip().partition("-")
     if not sep or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):

@@ -146,7 +146,7 @@ def blob_response(request: Request, path: Path, etag: str, headers: dict[str, st
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     total = path.stat().st_size
-    rng = parse_range(request.headers.get("range"), total)
+    rng = parse_range(request.headers.get("range"), total, if_range=request.headers.get("if-range"), etag=etag)
     start, end = rng or (0, total)
     status = 200
     if rng is not None:

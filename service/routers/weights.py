@@ -68,7 +68,7 @@ async def get_weights(
         headers["X-MCNC-Weights-Digest"] = f"sha256:{weights_sha}"
     if etag_matches(request.headers.get("if-none-match"), lay.etag):
         return Response(status_code=304, headers=headers)
-    rng = parse_range(request.headers.get("range"), lay.total)
+    rng = parse_range(request.headers.get("range"), lay.total, if_range=request.headers.get("if-range"), etag=lay.etag)
     start, end = rng or (0, lay.total)
     status = 200
     if rng is not None:

@@ -130,7 +130,8 @@ def test_interrupted_download_resumes_to_identical_bytes(live, tmp_path, bundles
             c.download_weights("mlp", dest)
         assert not dest.exists() and (tmp_path / "resumed.safetensors.incomplete").stat().st_size == 1000
         report = c.download_weights("mlp", dest)  # resumes with Range from byte 1000
-        assert report.bytes_received == len(whole) - 1000
+        # the rest of the weights, plus the bundle fetched to verify them against its fingerprint
+        assert report.bytes_received == len(whole) - 1000 + len(bundles.full.to_bytes())
     assert dest.read_bytes() == whole
     assert not (tmp_path / "resumed.safetensors.incomplete").exists()
     state = load_file(dest)
@@ -146,7 +147,8 @@ def test_changed_etag_restarts_the_download(live, tmp_path, bundles):
     partial.with_name("w.safetensors.incomplete.json").write_text('{"etag": "\\"stale\\"", "total": 9}')
     with make(live, tmp_path) as c:
         c.download_weights("mlp", dest, dtype="float16")
-        assert c.last_report.bytes_received == dest.stat().st_size
+        # the whole file again (the stale 500 bytes were dropped) plus the bundle used to verify it
+        assert c.last_report.bytes_received == dest.stat().st_size + len(bundles.full.to_bytes())
     assert load_file(dest)["0.weight"].dtype == torch.float16
 
 

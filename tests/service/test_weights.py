@@ -123,6 +123,18 @@ def test_range_resume_concatenates_to_full(client, named):
     assert suffix.content == full[-5:]
 
 
+def test_if_range_resumes_only_the_same_representation(client, named):
+    full = client.get("/models/mlp/weights")
+    etag = full.headers["etag"]
+    same = client.get("/models/mlp/weights", headers={"Range": "bytes=100-", "If-Range": etag})
+    assert same.status_code == 206 and same.content == full.content[100:]
+    stale = client.get("/models/mlp/weights", headers={"Range": "bytes=100-", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == full.content  # never a splice of two
+    bundle = client.get("/bundles/mlp")
+    stale = client.get("/bundles/mlp", headers={"Range": "bytes=10-", "If-Range": '"nope"'})
+    assert stale.status_code == 200 and stale.content == bundle.content
+
+
 def test_unsatisfiable_range_is_416(client, named):
     total = int(client.head("/models/mlp/weights").headers["content-length"])
     r = client.get("/models/mlp/weights", headers={"Range": f"bytes={total}-"})
