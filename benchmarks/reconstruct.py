@@ -279,7 +279,7 @@ def report(r: dict[str, Any]) -> str:
     m = r["machine"]
 
     def rate(x: float) -> str:
-        return f"{x / 1e6:,.1f} M/s"
+        return f"{x / 1e6:,.1f} M/s" if x >= 1e5 else f"{x:,.0f} /s"
 
     rows = [
         ("machine", f"{m['cpu']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}"),
@@ -305,7 +305,7 @@ def report(r: dict[str, Any]) -> str:
             f"NOLA r={r['nola_rank']}" + (" (extrapolated)" if r["nola_extrapolated"] else ""),
             f"{rate(r['nola_params_per_s'])}; MCNC is {r['ratio_over_nola']:,.0f}x faster",
         ),
-        ("PRANC (extrapolated)", f"{rate(r['pranc_params_per_s'])}; MCNC is {r['ratio_over_pranc']:,.0f}x faster"),
+        ("PRANC (extrapolated)", f"{rate(r['pranc_params_per_s'])}; MCNC is {r['ratio_over_pranc']:,.3g}x faster"),
     ]
     w = max(len(k) for k, _ in rows)
     lines = [f"{k:<{w}}  {v}" for k, v in rows]
