@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from mcnc_core.decode import decode_tensor, decode_tensor_into
 from mcnc_core.generator import Generator, GeneratorSpec, generator_sha256
 from mcnc_core.manifest import factor_shapes
 
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = GeneratorSpec(k=8, chunk_size=1024, width=64, depth=2, bound=10.0, seed=0)
 # (shape, rank): multiples of chunk_size, ragged tails, several blocks, low rank
 CASES = [((64, 64), 0), ((300, 7), 0), ((1000, 1000), 0), ((513, 1031), 0), ((96, 80), 4), ((700, 300), 8)]
@@ -66,7 +68,9 @@ _CHILD = textwrap.dedent(
 
 def test_reconstruction_independent_of_thread_count() -> None:
     digests = {
-        t: subprocess.run([sys.executable, "-c", _CHILD, str(t)], capture_output=True, text=True, check=True).stdout
+        t: subprocess.run(
+            [sys.executable, "-c", _CHILD, str(t)], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
         for t in (1, 2)
     }
     assert digests[1] == digests[2] and len(digests[1].strip()) == 64
