@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -107,6 +108,17 @@ class _Batch:
 
 _POOLS: dict[int, _BlockPool] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # A forked child (a pre-forking server, say) has none of the parent's worker threads.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _pool(workers: int) -> _BlockPool:

@@ -92,3 +92,33 @@ def test_no_grad_scaled_hidden_matches_reference_formula() -> None:
     expected = (x * scale[:, None]).float()
     with torch.no_grad():
         assert torch.equal(gen.scaled_hidden(alpha, beta), expected)
+
+
+def _decode_in_child(q) -> None:  # type: ignore[no-untyped-def]
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes((1000, 1000), 0, seed=7)
+    out = torch.empty(1000, 1000)
+    decode_tensor_into(gen, alpha, beta, (1000, 1000), factors, out)
+    q.put(out.numpy().tobytes())  # no torch op here: GNU OpenMP regions can hang in a forked child
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_decode_pool_survives_fork() -> None:
+    import multiprocessing as mp
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = Generator(SPEC)
+        alpha, beta, factors = _codes((1000, 1000), 0, seed=7)
+        out = torch.empty(1000, 1000)
+        decode_tensor_into(gen, alpha, beta, (1000, 1000), factors, out)  # parent creates its pool
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        child = ctx.Process(target=_decode_in_child, args=(q,))
+        child.start()
+        value = q.get(timeout=60)  # a child reusing the parent's (threadless) pool would hang here
+        child.join(timeout=60)
+    finally:
+        torch.set_num_threads(previous)
+    assert value == out.numpy().tobytes()
