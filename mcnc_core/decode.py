@@ -7,8 +7,12 @@ equal the trained ones bit for bit on the same device. Blocks also bound the wor
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -22,10 +26,110 @@ _CPU_BLOCK_ELEMS = 1 << 18
 _GPU_BLOCK_ELEMS = 1 << 24
 
 
+# Every output GEMM has a multiple of this many rows (the last block is padded with zero rows):
+# MKL's float32 GEMM gives thread-count-dependent last bits for some small row counts (5-7 and
+# 9-11 rows with 1 vs 2 threads, measured), never for multiples of 16 (tests/core/test_decode_paths.py).
+_ROW_QUANTUM = 16
+
+
 def block_chunks(chunk_size: int, device: torch.device) -> int:
     """Rows (chunks) per decoding block on ``device``; a fixed function of its inputs."""
     elems = _CPU_BLOCK_ELEMS if device.type == "cpu" else _GPU_BLOCK_ELEMS
-    return max(1, elems // chunk_size)
+    rows = max(1, elems // chunk_size)
+    return rows - rows % _ROW_QUANTUM if rows >= _ROW_QUANTUM else rows
+
+
+def gemm_rows(rows: int, step: int) -> int:
+    """Rows of the output GEMM for a block of ``rows`` chunks (``step`` a full block): ``rows``
+    rounded up to a multiple of ``min(16, step)``; both decode paths use it."""
+    q = min(_ROW_QUANTUM, step)
+    return -(-rows // q) * q
+
+
+def _pad_rows(hs: Tensor, rows: int) -> Tensor:
+    return hs if hs.shape[0] == rows else torch.cat([hs, hs.new_zeros(rows - hs.shape[0], hs.shape[1])])
+
+
+def _decode_block(gen: Generator, alpha: Tensor, beta: Tensor, step: int) -> Tensor:
+    rows = alpha.shape[0]
+    hs = _pad_rows(gen.scaled_hidden(alpha, beta), gemm_rows(rows, step))
+    out = hs @ gen.w_out_t
+    return out if out.shape[0] == rows else out[:rows]
+
+
+class _BlockPool:
+    """Persistent worker threads for decoding CPU blocks in parallel; each runs torch single-threaded.
+
+    Why not torch's intra-op threads: every small op of a block (the hidden layers, the sines,
+    one GEMM of 256 rows) would be its own OpenMP parallel region ending in a barrier, and idle
+    OpenMP workers spin between regions; on a loaded machine (other processes on the cores) a
+    barrier waits for a descheduled thread and throughput collapses (measured 5-10x slower than
+    one thread, see docs/benchmarks.md). Blocks are independent, so the workers take whole blocks
+    from a queue: no barrier inside a block, and every op of a block runs with one thread,
+    whatever ``torch.get_num_threads()`` is, so results do not depend on the thread count.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.tasks: queue.SimpleQueue[tuple[Callable[[], None], _Batch]] = queue.SimpleQueue()
+        ready = threading.Barrier(workers + 1)
+        for i in range(workers):
+            threading.Thread(target=self._work, args=(ready,), name=f"mcnc-decode-{i}", daemon=True).start()
+        ready.wait()
+
+    def _work(self, ready: threading.Barrier) -> None:
+        torch.get_num_threads()  # torch's lazy per-thread init first, or it would undo the next line
+        torch.set_num_threads(1)  # this thread's OpenMP/MKL setting only (and torch's default, restored below)
+        ready.wait()
+        while True:
+            fn, batch = self.tasks.get()
+            try:
+                with torch.no_grad():
+                    fn()
+            except BaseException as exc:  # handed to the caller
+                batch.errors.append(exc)
+            finally:
+                batch.done.release()
+
+    def run(self, fns: list[Callable[[], None]]) -> None:
+        batch = _Batch()
+        for fn in fns:
+            self.tasks.put((fn, batch))
+        for _ in fns:
+            batch.done.acquire()
+        if batch.errors:
+            raise batch.errors[0]
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.done = threading.Semaphore(0)
+        self.errors: list[BaseException] = []
+
+
+_POOLS: dict[int, _BlockPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # A forked child (a pre-forking server, say) has none of the parent's worker threads.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _pool(workers: int) -> _BlockPool:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = _BlockPool(workers)
+            # The workers' set_num_threads(1) also set torch's default for threads created later;
+            # restore it (this thread's own setting is unchanged: it is the same value).
+            torch.set_num_threads(workers)
+        return pool
 
 
 def _factor_chunks(factors: Sequence[tuple[int, ...]], d: int) -> list[int]:
@@ -64,7 +168,7 @@ def decode_tensor(
     d = gen.spec.chunk_size
     step = block_chunks(d, alpha.device)
     n = alpha.shape[0]
-    blocks = [gen.decode(alpha[i : i + step], beta[i : i + step]) for i in range(0, n, step)]
+    blocks = [_decode_block(gen, alpha[i : i + step], beta[i : i + step], step) for i in range(0, n, step)]
     flat = torch.cat(blocks).reshape(-1) if len(blocks) > 1 else blocks[0].reshape(-1)  # (n * d,)
     parts, start = [], 0
     for f, c in zip(factors, _factor_chunks(factors, d), strict=True):
@@ -102,13 +206,23 @@ def decode_tensor_into(
     step = block_chunks(d, alpha.device)
     numel = out.numel()
     flat = out.view(-1)
-    for i in range(0, alpha.shape[0], step):
+
+    def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)
         hs = gen.scaled_hidden(alpha[i : i + rows], beta[i : i + rows])  # (rows, width)
-        lo = i * d
-        if lo + rows * d <= numel:
-            torch.matmul(hs, gen.w_out_t, out=flat[lo : lo + rows * d].view(rows, d))
-        else:  # the block holding the last, padded chunk: same GEMM shape, then copy the used part
-            block = hs @ gen.w_out_t  # (rows, d)
-            flat[lo:].copy_(block.reshape(-1)[: numel - lo])
+        m = gemm_rows(rows, step)
+        lo, hi = i * d, min(numel, (i + rows) * d)
+        if m == rows and hi == lo + rows * d:  # the GEMM writes straight into ``out``
+            torch.matmul(hs, gen.w_out_t, out=flat[lo:hi].view(rows, d))
+        else:  # last block (padded rows or chunk): same GEMM shape as training, copy the used part
+            tail = _pad_rows(hs, m) @ gen.w_out_t  # (m, d)
+            flat[lo:hi].copy_(tail.reshape(-1)[: hi - lo])
+
+    starts = range(0, alpha.shape[0], step)
+    workers = torch.get_num_threads()
+    if alpha.device.type == "cpu" and workers > 1:
+        _pool(workers).run([functools.partial(block, i) for i in starts])
+    else:
+        for i in starts:
+            block(i)
     return out

@@ -202,11 +202,20 @@ class Generator(nn.Module):
             ``(n, width)`` float32.
         """
         x = alpha.to(torch.float64)  # (n, k)
+        if torch.is_grad_enabled() and (alpha.requires_grad or beta.requires_grad):
+            for i in range(self.spec.depth):
+                x = torch.sin(torch.addmm(getattr(self, f"b{i}"), x, getattr(self, f"w{i}").t()))  # (n, width)
+            sq_norm = ((x @ self.gram) * x).sum(dim=1)  # (n,) = ||W_out x||²
+            scale = beta.to(torch.float64) * torch.rsqrt(sq_norm.clamp_min(1e-300))
+            return (x * scale[:, None]).to(torch.float32)
+        # No autograd (reconstruction): the same kernels in place / with out=, so the same bits
+        # with fewer passes and allocations (tests/core/test_decode_equal.py checks both paths).
         for i in range(self.spec.depth):
-            x = torch.sin(torch.addmm(getattr(self, f"b{i}"), x, getattr(self, f"w{i}").t()))  # (n, width)
-        sq_norm = ((x @ self.gram) * x).sum(dim=1)  # (n,) = ||W_out x||²
-        scale = beta.to(torch.float64) * torch.rsqrt(sq_norm.clamp_min(1e-300))
-        return (x * scale[:, None]).to(torch.float32)
+            x = torch.addmm(getattr(self, f"b{i}"), x, getattr(self, f"w{i}").t()).sin_()
+        sq_norm = (x @ self.gram).mul_(x).sum(dim=1)
+        scale = beta.to(torch.float64, copy=True).mul_(sq_norm.clamp_min_(1e-300).rsqrt_())
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        return torch.mul(x, scale[:, None], out=out)  # float64 product, rounded once to float32
 
     def decode(self, alpha: Tensor, beta: Tensor) -> Tensor:
         """``beta * phi(alpha)`` for every chunk: ``(n, k), (n,) -> (n, chunk_size)`` float32."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import mmap
+import sys
 from collections.abc import Collection, Iterator, Mapping
 
 import torch
@@ -36,6 +39,50 @@ def _full_fp32_matmul() -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+class _OutputRecycler:
+    """Large float32 CPU outputs backed by private anonymous mappings that are reused once dropped.
+
+    Writing a freshly allocated tensor costs a page fault per 4 KiB page on first touch; tensors
+    of 32 MiB and more always get fresh pages from glibc (its largest mmap threshold), and on
+    virtual machines a fault can cost more than the decoding itself (measured 1.0-1.4 GB/s for
+    ``torch.empty`` + ``fill_`` against 11-15 GB/s into mapped pages, see docs/benchmarks.md).
+    When ``iter_reconstruct``'s consumer drops a tensor before asking for the next one (a server
+    streaming a model out), the next tensor reuses its mapping, already faulted in.
+
+    A mapping is reused only when nothing references it: every tensor, view, numpy array or
+    storage made from it holds the mapping (through the buffer protocol), so its reference count
+    is back to its baseline exactly when all of them are gone. At most ``keep`` mappings are
+    tracked and a mapping is reused only for a tensor of at least half its size, so memory
+    stays bounded by about the largest tensor beyond what the consumer itself keeps.
+    """
+
+    MIN_BYTES = 32 << 20
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._bufs: list[mmap.mmap] = []
+        # References to a tracked mapping nothing else holds, as ``_refs`` counts them.
+        self._bufs.append(mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        self._baseline = self._refs(0)
+        self._bufs.clear()
+
+    def _refs(self, i: int) -> int:
+        return sys.getrefcount(self._bufs[i])
+
+    def empty(self, shape: tuple[int, ...]) -> Tensor:
+        numel = math.prod(shape)
+        nbytes = numel * 4
+        if nbytes < self.MIN_BYTES:
+            return torch.empty(shape, dtype=torch.float32)
+        for i in range(len(self._bufs)):  # no loop variable bound to a mapping: it would count
+            if nbytes <= len(self._bufs[i]) <= 2 * nbytes and self._refs(i) == self._baseline:
+                return torch.frombuffer(self._bufs[i], dtype=torch.float32, count=numel).view(shape)
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._bufs.append(buf)
+        del self._bufs[: -self.keep]  # forget the oldest (their tensors keep them alive)
+        return torch.frombuffer(buf, dtype=torch.float32, count=numel).view(shape)
 
 
 def base_names(bundle: Bundle) -> list[str]:
@@ -118,6 +165,7 @@ def iter_reconstruct(
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     gen = _generator(bundle.spec, dev)
+    recycler = _OutputRecycler() if dev.type == "cpu" else None
     wanted = None if names is None else set(names)
     for index, e in enumerate(bundle.manifest):
         if wanted is not None and e.name not in wanted:
@@ -129,17 +177,22 @@ def iter_reconstruct(
                 alpha = bundle.alpha[sl].to(dev, non_blocking=True)
                 beta = bundle.beta[sl].to(dev, non_blocking=True)
                 b = None if base is None or bundle.base is None else base[e.name].to(dev)
-                t32 = torch.empty(e.shape, dtype=torch.float32, device=dev)
+                if recycler is not None and out_dtype == torch.float32 and e.rank == 0 and b is None:
+                    t32 = recycler.empty(e.shape)  # written in place by the final GEMM: reuse pays
+                else:
+                    t32 = torch.empty(e.shape, dtype=torch.float32, device=dev)
                 decode_tensor_into(gen, alpha, beta, e.shape, e.factors(), t32, b)
                 if verify:
                     check_tensor(e.name, t32, index, bundle.fingerprint[e.name])
                 t = t32 if out_dtype == torch.float32 else t32.to(out_dtype)
+                del t32
             else:
                 src = bundle.raw[e.name] if e.storage == "raw" else base[e.name]  # type: ignore[index]
                 if verify and e.dtype in FLOAT_DTYPES:
                     check_tensor(e.name, src.float(), index, bundle.fingerprint[e.name])
                 t = src.to(device=dev, dtype=out_dtype, copy=True)
         yield e.name, t
+        del t  # hold nothing while the consumer works: a dropped output can be recycled
 
 
 def reconstruct(

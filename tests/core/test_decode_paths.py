@@ -1,0 +1,124 @@
+"""Reconstruction decodes exactly what training decodes, whatever the thread count."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcnc_core.decode import decode_tensor, decode_tensor_into
+from mcnc_core.generator import Generator, GeneratorSpec, generator_sha256
+from mcnc_core.manifest import factor_shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = GeneratorSpec(k=8, chunk_size=1024, width=64, depth=2, bound=10.0, seed=0)
+# (shape, rank): multiples of chunk_size, ragged tails, several blocks, low rank
+CASES = [((64, 64), 0), ((300, 7), 0), ((1000, 1000), 0), ((513, 1031), 0), ((96, 80), 4), ((700, 300), 8)]
+
+
+def _codes(shape: tuple[int, ...], rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    factors = factor_shapes(shape, rank)
+    n = sum(-(-torch.Size(f).numel() // SPEC.chunk_size) for f in factors)
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, SPEC.k, generator=g) * 2 - 1) * SPEC.bound, torch.rand(n, generator=g) + 0.1, factors
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("shape", "rank"), CASES)
+def test_training_and_reconstruction_paths_equal(shape: tuple[int, ...], rank: int, threads: int) -> None:
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes(shape, rank, seed=sum(shape) + rank)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = alpha.clone().requires_grad_(), beta.clone().requires_grad_()
+        trained = decode_tensor(gen, a, b, shape, factors)  # autograd path
+        trained.sum().backward()  # and it is differentiable
+        out = torch.empty(shape)
+        decode_tensor_into(gen, alpha, beta, shape, factors, out)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(trained.detach(), out)
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import hashlib, sys, torch
+    torch.set_num_threads(int(sys.argv[1]))
+    from mcnc_core.decode import decode_tensor_into
+    from mcnc_core.generator import Generator, GeneratorSpec
+    gen = Generator(GeneratorSpec(k=8, chunk_size=1024, width=64, depth=2, bound=10.0, seed=0))
+    g = torch.Generator().manual_seed(1)
+    h = hashlib.sha256()
+    for shape in [(1000, 1000), (513, 1031), (4096, 300)]:
+        n = -(-shape[0] * shape[1] // 1024)
+        alpha, beta = torch.rand(n, 8, generator=g) * 20 - 10, torch.rand(n, generator=g) + 0.1
+        out = torch.empty(shape)
+        decode_tensor_into(gen, alpha, beta, shape, (shape,), out)
+        h.update(out.numpy().tobytes())
+    print(h.hexdigest())
+    """
+)
+
+
+def test_reconstruction_independent_of_thread_count() -> None:
+    digests = {
+        t: subprocess.run(
+            [sys.executable, "-c", _CHILD, str(t)], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
+        for t in (1, 2)
+    }
+    assert digests[1] == digests[2] and len(digests[1].strip()) == 64
+
+
+def test_generator_weights_unchanged() -> None:
+    # pinned before the reconstruction speed work; the generator must never change
+    assert generator_sha256(SPEC) == "88289f4b08a5f8356e1b10c0859a4189f7ecbd81ca702229cab7cf1a97b45ac9"
+
+
+def test_no_grad_scaled_hidden_matches_reference_formula() -> None:
+    """The in-place no-grad path gives the bits of the plain formula (so old bundles are unchanged)."""
+    gen = Generator(SPEC)
+    alpha, beta, _ = _codes((2000, 1000), 0, seed=3)
+    x = alpha.double()
+    for i in range(SPEC.depth):
+        x = torch.sin(torch.addmm(getattr(gen, f"b{i}"), x, getattr(gen, f"w{i}").t()))
+    scale = beta.double() * torch.rsqrt(((x @ gen.gram) * x).sum(dim=1).clamp_min(1e-300))
+    expected = (x * scale[:, None]).float()
+    with torch.no_grad():
+        assert torch.equal(gen.scaled_hidden(alpha, beta), expected)
+
+
+def _decode_in_child(q) -> None:  # type: ignore[no-untyped-def]
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes((1000, 1000), 0, seed=7)
+    out = torch.empty(1000, 1000)
+    decode_tensor_into(gen, alpha, beta, (1000, 1000), factors, out)
+    q.put(out.numpy().tobytes())  # no torch op here: GNU OpenMP regions can hang in a forked child
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_decode_pool_survives_fork() -> None:
+    import multiprocessing as mp
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = Generator(SPEC)
+        alpha, beta, factors = _codes((1000, 1000), 0, seed=7)
+        out = torch.empty(1000, 1000)
+        decode_tensor_into(gen, alpha, beta, (1000, 1000), factors, out)  # parent creates its pool
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        child = ctx.Process(target=_decode_in_child, args=(q,))
+        child.start()
+        value = q.get(timeout=60)  # a child reusing the parent's (threadless) pool would hang here
+        child.join(timeout=60)
+    finally:
+        torch.set_num_threads(previous)
+    assert value == out.numpy().tobytes()
