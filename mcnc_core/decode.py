@@ -50,10 +50,17 @@ def _pad_rows(hs: Tensor, rows: int) -> Tensor:
     return hs if hs.shape[0] == rows else torch.cat([hs, hs.new_zeros(rows - hs.shape[0], hs.shape[1])])
 
 
+def _padded_hidden(gen: Generator, alpha: Tensor, beta: Tensor, step: int) -> Tensor:
+    # Pad the codes, not just the GEMM input: every GEMM of the block (hidden layers, Gram
+    # norm, output) then has a row count that is a multiple of the quantum. Zero-scale rows
+    # decode to zero chunks.
+    m = gemm_rows(alpha.shape[0], step)
+    return gen.scaled_hidden(_pad_rows(alpha, m), _pad_rows(beta[:, None], m)[:, 0])  # (m, width)
+
+
 def _decode_block(gen: Generator, alpha: Tensor, beta: Tensor, step: int) -> Tensor:
     rows = alpha.shape[0]
-    hs = _pad_rows(gen.scaled_hidden(alpha, beta), gemm_rows(rows, step))
-    out = hs @ gen.w_out_t
+    out = _padded_hidden(gen, alpha, beta, step) @ gen.w_out_t  # (m, d)
     return out if out.shape[0] == rows else out[:rows]
 
 
@@ -209,13 +216,12 @@ def decode_tensor_into(
 
     def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)
-        hs = gen.scaled_hidden(alpha[i : i + rows], beta[i : i + rows])  # (rows, width)
-        m = gemm_rows(rows, step)
+        hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
-        if m == rows and hi == lo + rows * d:  # the GEMM writes straight into ``out``
+        if hs.shape[0] == rows and hi == lo + rows * d:  # the GEMM writes straight into ``out``
             torch.matmul(hs, gen.w_out_t, out=flat[lo:hi].view(rows, d))
         else:  # last block (padded rows or chunk): same GEMM shape as training, copy the used part
-            tail = _pad_rows(hs, m) @ gen.w_out_t  # (m, d)
+            tail = hs @ gen.w_out_t  # (m, d)
             flat[lo:hi].copy_(tail.reshape(-1)[: hi - lo])
 
     starts = range(0, alpha.shape[0], step)

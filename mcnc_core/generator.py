@@ -11,11 +11,12 @@ Initialisation rule ``"siren-uniform-v1"`` (all draws from ``mcnc_core.prng``, r
 * ``W_i ~ U(-sqrt(6/width), sqrt(6/width))`` for ``i > 1`` and ``W_out`` likewise;
 * ``b_i ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; ``W_out`` has no bias.
 
-Numerics (why the decoder looks the way it does): the hidden layers run in float64, so that
-the sine's last-bit differences between devices and vectorised/scalar code paths vanish when
-rounded to float32; the normalisation and ``beta`` are folded into the small hidden vector using
-the Gram matrix ``G = W_outᵀ W_out`` (``||W_out s||² = sᵀ G s``), so the only pass over the
-output is the final float32 GEMM, which writes each weight once.
+Numerics (why the decoder looks the way it does): the normalisation and ``beta`` are folded
+into the small hidden vector using the Gram matrix ``G = W_outᵀ W_out`` (``||W_out s||² = sᵀ G s``),
+so the only pass over the output is the final float32 GEMM, which writes each weight once. All
+arithmetic is float32; bit-exactness on one device (training vs reconstruction, any thread count)
+comes from ``mcnc_core.decode`` giving both paths identical, row-padded shapes, and agreement
+across devices from the fingerprint tolerance (``docs/bundle-format.md`` §7).
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ def _gram64(spec: GeneratorSpec) -> np.ndarray:
     return g
 
 
+_TINY = 1e-30  # ||y||² floor (float32-safe): a zero direction gives a zero chunk, not NaN
+
+
 class Generator(nn.Module):
     """``phi`` as a frozen module; weights live in non-persistent buffers (never in a state_dict).
 
@@ -176,12 +180,12 @@ class Generator(nn.Module):
         weights = generator_weights(spec)
         for i in range(spec.depth):
             w, b = weights[2 * i], weights[2 * i + 1]
-            # Hidden layers in float64: see the module docstring.
-            self.register_buffer(f"w{i}", torch.from_numpy(w.astype(np.float64)), persistent=False)
-            self.register_buffer(f"b{i}", torch.from_numpy(b.astype(np.float64)), persistent=False)
+            self.register_buffer(f"w{i}", torch.from_numpy(np.array(w)), persistent=False)
+            self.register_buffer(f"b{i}", torch.from_numpy(np.array(b)), persistent=False)
         w_out = torch.from_numpy(np.array(weights[-1]))  # (d, width) float32
         self.register_buffer("w_out_t", w_out.t().contiguous(), persistent=False)  # (width, d)
-        self.register_buffer("gram", torch.from_numpy(np.array(_gram64(spec))), persistent=False)
+        # G is summed in float64 in one fixed order (see _gram64), then rounded once.
+        self.register_buffer("gram", torch.from_numpy(_gram64(spec).astype(np.float32)), persistent=False)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # model.half() / .double() must not touch the generator: its dtypes are part of the spec.
@@ -201,21 +205,18 @@ class Generator(nn.Module):
         Returns:
             ``(n, width)`` float32.
         """
-        x = alpha.to(torch.float64)  # (n, k)
+        x = alpha
         if torch.is_grad_enabled() and (alpha.requires_grad or beta.requires_grad):
             for i in range(self.spec.depth):
                 x = torch.sin(torch.addmm(getattr(self, f"b{i}"), x, getattr(self, f"w{i}").t()))  # (n, width)
             sq_norm = ((x @ self.gram) * x).sum(dim=1)  # (n,) = ||W_out x||²
-            scale = beta.to(torch.float64) * torch.rsqrt(sq_norm.clamp_min(1e-300))
-            return (x * scale[:, None]).to(torch.float32)
-        # No autograd (reconstruction): the same kernels in place / with out=, so the same bits
-        # with fewer passes and allocations (tests/core/test_decode_equal.py checks both paths).
+            return x * (beta * torch.rsqrt(sq_norm.clamp_min(_TINY)))[:, None]
+        # No autograd (reconstruction): the same kernels in place, so the same bits with fewer
+        # passes and allocations (tests/core/test_decode_paths.py checks both paths).
         for i in range(self.spec.depth):
             x = torch.addmm(getattr(self, f"b{i}"), x, getattr(self, f"w{i}").t()).sin_()
         sq_norm = (x @ self.gram).mul_(x).sum(dim=1)
-        scale = beta.to(torch.float64, copy=True).mul_(sq_norm.clamp_min_(1e-300).rsqrt_())
-        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        return torch.mul(x, scale[:, None], out=out)  # float64 product, rounded once to float32
+        return x.mul_(beta.mul(sq_norm.clamp_min_(_TINY).rsqrt_())[:, None])
 
     def decode(self, alpha: Tensor, beta: Tensor) -> Tensor:
         """``beta * phi(alpha)`` for every chunk: ``(n, k), (n,) -> (n, chunk_size)`` float32."""

@@ -165,7 +165,7 @@ def iter_reconstruct(
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     gen = _generator(bundle.spec, dev)
-    recycler = _OutputRecycler() if dev.type == "cpu" else None
+    recycler = _OutputRecycler() if dev.type == "cpu" and hasattr(mmap, "MAP_ANONYMOUS") else None
     wanted = None if names is None else set(names)
     for index, e in enumerate(bundle.manifest):
         if wanted is not None and e.name not in wanted:

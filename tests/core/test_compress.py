@@ -135,7 +135,7 @@ def test_model_half_keeps_codes_and_generator_in_their_dtypes(tiny_mlp, tiny_cfg
     m.compress(tiny_mlp, tiny_cfg)
     tiny_mlp.half()
     mw = tiny_mlp[0].mcnc_weight
-    assert mw.alpha.dtype == torch.float32 and mw.generator.w0.dtype == torch.float64
+    assert mw.alpha.dtype == torch.float32 and mw.generator.w0.dtype == torch.float32
     assert tiny_mlp(torch.randn(2, 16).half()).dtype == torch.float16
 
 
