@@ -9,6 +9,7 @@ import time
 
 import httpx
 import uvicorn
+
 from service import Settings, create_app
 
 
