@@ -50,7 +50,10 @@ class MCNCConfig:
         chunk_size: ``d``, the generator's output size, ``2 <= d <= 2**20``.
         width: hidden width of the generator, ``1 <= width <= 8192``.
         depth: number of sine layers of the generator, ``1 <= depth <= 8``.
-        bound: ``L``, the input bound / frequency; ``alpha`` starts in ``[-L, L]``.
+        bound: ``L``, the input bound / frequency; ``alpha`` starts in ``[-L, L]``. Codes are not
+            clamped and the generator's weights do not depend on ``L``, so only the initial code
+            range does: ``bound`` and ``alpha_init`` act through their product (docs/ablation.md:
+            ``L`` from 1 to 40 stays within about 3 points on mnist1d).
         seed: generator seed, ``0 <= seed < 2**64``.
         rank: ``0`` compresses each weight directly (the paper's "w/o LoRA"); ``r > 0``
             factors each weight matrix as ``A @ B`` (``A: out x r``, ``B: r x in``) and puts the
