@@ -93,9 +93,10 @@ class TransferReport:
         return self.full_weights_bytes / self.bytes_received if self.bytes_received else float("inf")
 
     def __str__(self) -> str:
+        ratio = f"{self.saving:.1f}x less" if self.saving >= 1 else f"{1 / self.saving:.1f}x more"
         return (
             f"{self.ref}: received {self.bytes_received:,} B instead of {self.full_weights_bytes:,} B "
-            f"({self.saving:.1f}x less); network {self.seconds_network:.3f} s, "
+            f"({ratio}); network {self.seconds_network:.3f} s, "
             f"reconstruction {self.seconds_reconstruct:.3f} s"
             + (f"; from cache: {', '.join(self.cached)}" if self.cached else "")
         )
