@@ -93,7 +93,10 @@ class TransferReport:
         return self.full_weights_bytes / self.bytes_received if self.bytes_received else float("inf")
 
     def __str__(self) -> str:
-        ratio = f"{self.saving:.1f}x less" if self.saving >= 1 else f"{1 / self.saving:.1f}x more"
+        if not self.bytes_received:
+            ratio = "nothing downloaded"
+        else:
+            ratio = f"{self.saving:.1f}x less" if self.saving >= 1 else f"{1 / self.saving:.1f}x more"
         return (
             f"{self.ref}: received {self.bytes_received:,} B instead of {self.full_weights_bytes:,} B "
             f"({ratio}); network {self.seconds_network:.3f} s, "
