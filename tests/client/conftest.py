@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from service import Settings
 from torch import nn
 
 import mcnc_core as m
+from service import Settings
 from tests._live import LiveServer
 
 
