@@ -197,8 +197,9 @@ def decode_tensor_into(
     """Decode one tensor into ``out`` (same numbers as ``decode_tensor`` on the same device).
 
     Full-rank float32 outputs are written block by block straight into ``out`` by the final GEMM:
-    each weight is written once, the working set is one block. Other cases (low rank, delta,
-    non-float32 ``out``) decode into float32 first and combine.
+    each weight is written once, the working set is one block; a delta's base is then added in
+    place (``out += base`` is ``base + w`` bit for bit: IEEE addition commutes). Other cases (low
+    rank, non-float32 ``out``) decode into float32 first and combine.
 
     Args:
         out: contiguous tensor of ``shape`` (any floating dtype) on ``alpha``'s device.
@@ -206,7 +207,7 @@ def decode_tensor_into(
     Returns:
         ``out``.
     """
-    if len(factors) > 1 or base is not None or out.dtype != torch.float32:
+    if len(factors) > 1 or out.dtype != torch.float32:
         w = decode_tensor(gen, alpha, beta, shape, factors, base)
         return out.copy_(w)
     d = gen.spec.chunk_size
@@ -231,4 +232,6 @@ def decode_tensor_into(
     else:
         for i in starts:
             block(i)
+    if base is not None:
+        out.add_(base.to(torch.float32))
     return out

@@ -18,7 +18,9 @@ class LiveServer:
 
     def __init__(self, settings: Settings) -> None:
         self.app = create_app(settings)
-        self.sock = socket.socket()
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
+        # socket says so; socket.socket() has proto 0, and Nagle + delayed ACK then add ~40 ms per response.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
