@@ -86,17 +86,22 @@ class LocalCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def commit(self, digest: str, tmp: Path, *, verify_sha256: bool) -> Path:
-        """Move a finished download into place, after checking its sha256 when it is content-addressed.
+    def commit(self, digest: str, tmp: Path, *, digest_of: str) -> Path:
+        """Move a finished download into place once its content matches ``digest``: the sha256
+        of the file (``digest_of="file"``: bundles) or the ``mcnc_core.state_digest`` of its
+        tensors (``"state"``: bases). Blobs in the cache are therefore verified once, on entry.
 
         Raises:
-            IntegrityError: the sha256 differs (the partial file is deleted).
+            IntegrityError: the digest differs or the file is unreadable (the partial file is deleted).
         """
-        if verify_sha256:
-            got = sha256_file(tmp)
-            if got != digest:
-                tmp.unlink(missing_ok=True)
-                raise IntegrityError(f"downloaded blob has sha256 {got}, expected {digest}")
+        try:
+            got = sha256_file(tmp) if digest_of == "file" else _state_digest_file(tmp)
+        except IntegrityError:
+            tmp.unlink(missing_ok=True)
+            raise
+        if got != digest:
+            tmp.unlink(missing_ok=True)
+            raise IntegrityError(f"downloaded blob has {digest_of} digest {got}, expected {digest}")
         final = self.blob(digest)
         os.replace(tmp, final)
         return final
@@ -106,7 +111,7 @@ class LocalCache:
         fd, tmp = tempfile.mkstemp(dir=self.root / "blobs", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return self.commit(digest, Path(tmp), verify_sha256=True)
+        return self.commit(digest, Path(tmp), digest_of="file")
 
     def read_ref(self, name: str, tag: str) -> str | None:
         path = self.root / "refs" / check_name("name", name) / check_name("tag", tag)
@@ -192,6 +197,12 @@ class LocalCache:
                 total -= e.size
                 removed.append(e.digest)
         return removed
+
+
+def _state_digest_file(path: Path) -> str:
+    from client._local import state_digest_file  # torch loads here
+
+    return state_digest_file(path)
 
 
 def _kind(path: Path) -> str:

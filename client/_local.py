@@ -11,7 +11,7 @@ from client._exceptions import IntegrityError, StateDictMismatchError
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-__all__ = ["reconstruct_local", "verify_weights_file"]
+__all__ = ["reconstruct_local", "state_digest_file", "verify_weights_file"]
 
 _DTYPES = {"float32", "float16", "bfloat16"}
 
@@ -47,7 +47,10 @@ def reconstruct_local(
     bundle = mcnc_core.load_bundle(bundle_path)
     base = load_file(base_path) if base_path is not None else None
     try:
-        state = mcnc_core.reconstruct(bundle, base=base, device=device, dtype=_torch_dtype(dtype), verify=verify)
+        # Cached bases were checked against their digest when they entered the cache.
+        state = mcnc_core.reconstruct(
+            bundle, base=base, device=device, dtype=_torch_dtype(dtype), verify=verify, verify_base=False
+        )
     except (mcnc_core.FingerprintMismatchError, mcnc_core.BaseMismatchError) as exc:
         raise IntegrityError(str(exc)) from exc
     if model is not None:
@@ -57,6 +60,22 @@ def reconstruct_local(
             raise StateDictMismatchError(missing, unexpected)
         model.load_state_dict(state, strict=True)
     return state, time.perf_counter() - start
+
+
+def state_digest_file(path: Path) -> str:
+    """``mcnc_core.state_digest`` of a safetensors file's tensors.
+
+    Raises:
+        IntegrityError: the file is not a readable safetensors file.
+    """
+    from safetensors.torch import load_file
+
+    import mcnc_core
+
+    try:
+        return mcnc_core.state_digest(load_file(str(path)))
+    except Exception as exc:  # safetensors raises its own error type
+        raise IntegrityError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
 def verify_weights_file(weights_path: Path, bundle_path: Path) -> int:

@@ -134,7 +134,7 @@ class Client(BaseClient):
         self._remember(ref, digest)
         return digest
 
-    def _blob(self, kind: str, digest: str, report: TransferReport, *, verify_sha256: bool) -> Path:
+    def _blob(self, kind: str, digest: str, report: TransferReport, *, digest_of: str) -> Path:
         if self.cache.has(digest):
             report.cached.append(kind)
             return self.cache.blob(digest)
@@ -143,8 +143,10 @@ class Client(BaseClient):
             if not self.cache.has(digest):
                 partial = Partial(self.cache.incomplete(digest))
                 report.bytes_received += self._fetch(f"/{kind}s/{digest}", partial, desc=f"{kind} {digest[:12]}")
-                self.cache.commit(digest, partial.path, verify_sha256=verify_sha256)
-                partial.discard_sidecar()
+                try:
+                    self.cache.commit(digest, partial.path, digest_of=digest_of)  # deletes it if wrong
+                finally:
+                    partial.discard_sidecar()
         return self.cache.blob(digest)
 
     # -- public API -----------------------------------------------------------------------------
@@ -203,11 +205,11 @@ class Client(BaseClient):
         report = TransferReport(ref)
         start = time.perf_counter()
         report.digest = self._resolve(parse_ref(ref))
-        bundle_path = self._blob("bundle", report.digest, report, verify_sha256=True)
+        bundle_path = self._blob("bundle", report.digest, report, digest_of="file")
         base_digest = bundle_base_digest(bundle_path)
         base_path = None
-        if base_digest is not None:  # verified by its state digest during reconstruction
-            base_path = self._blob("base", base_digest, report, verify_sha256=False)
+        if base_digest is not None:  # a base enters the cache only after its state digest checked out
+            base_path = self._blob("base", base_digest, report, digest_of="state")
         report.seconds_network = time.perf_counter() - start
         state, report.seconds_reconstruct = reconstruct_local(
             bundle_path, base_path, device=device, dtype=dtype, model=model, verify=verify
@@ -235,7 +237,7 @@ class Client(BaseClient):
                                             desc=f"weights {report.digest[:12]}")  # fmt: skip
         report.full_weights_bytes = partial.total or 0
         report.seconds_network = time.perf_counter() - start
-        bundle_path = self._blob("bundle", report.digest, report, verify_sha256=True) if verify else None
+        bundle_path = self._blob("bundle", report.digest, report, digest_of="file") if verify else None
         report.seconds_reconstruct = finish_download(partial, Path(path), bundle_path)
         self.last_report = report
         return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 
 import httpx
@@ -184,3 +185,25 @@ def test_async_client_matches(live, tmp_path, bundles):
     info, state, report = asyncio.run(go())
     assert info.created and torch.equal(state["0.weight"], m.reconstruct(bundles.full)["0.weight"])
     assert report.bytes_received == (tmp_path / "w.safetensors").stat().st_size
+
+
+def test_a_base_that_does_not_match_its_digest_never_enters_the_cache(tmp_path, bundles):
+    from safetensors.torch import save
+
+    delta = bundles.deltas[0]
+    data = delta.to_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    wrong = save({k: v + 1 for k, v in bundles.base.items()})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(200, headers={"X-MCNC-Bundle-Digest": f"sha256:{digest}"})
+        if request.url.path == f"/bundles/{digest}":
+            return httpx.Response(200, content=data, headers={"ETag": f'"{digest}"'})
+        return httpx.Response(200, content=wrong, headers={"ETag": '"x"'})
+
+    c = client.Client("http://mcnc.test", cache_dir=tmp_path, transport=httpx.MockTransport(handler), progress=False)
+    with pytest.raises(client.IntegrityError, match="state digest"):
+        c.load("delta")
+    assert not c.cache.has(delta.base.sha256)
+    assert [p.name for p in (tmp_path / "blobs").iterdir()] == [digest]  # the bundle only; no partial left
