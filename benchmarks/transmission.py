@@ -25,6 +25,8 @@ Models:
   good the fine-tune is. Baseline: the fine-tuned weights (~90 MB float32).
 - ``mlp``: 40 -> 512 -> 512 -> 10 MLP (the mnist1d example's shape), full mode, default config,
   untrained (codes at their initialisation: transmission does not depend on the values).
+- ``mlp2048`` (opt-in, ``--models mlp2048``): the same MLP with 2048 hidden units (4.3M params),
+  to show how the ratio grows once the weights outweigh fixed per-request costs.
 
 Usage::
 
@@ -212,17 +214,24 @@ def build_minilm(steps: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     return bundle, base, weights
 
 
-def build_mlp() -> tuple[Any, None, dict[str, Any]]:
+def build_mlp(hidden: int = 512) -> tuple[Any, None, dict[str, Any]]:
     import torch
     from torch import nn
 
     import mcnc_core
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    model = nn.Sequential(nn.Linear(40, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
     mcnc_core.compress(model, mcnc_core.MCNCConfig())
     bundle = mcnc_core.export_bundle(model)
     return bundle, None, mcnc_core.reconstruct(bundle)
+
+
+BUILDERS = {
+    "minilm": lambda a: build_minilm(a.finetune_steps),
+    "mlp": lambda a: build_mlp(512),
+    "mlp2048": lambda a: build_mlp(2048),  # the same mnist1d MLP, 4x wider: where fixed latency stops dominating
+}
 
 
 # -- measurement --------------------------------------------------------------------------------
@@ -300,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         with Server(tmp / "server", static) as srv, Client(srv.url, cache_dir=tmp / "pusher", progress=False) as pc:
             for model in models:
                 t_build = time.perf_counter()
-                bundle, base, weights = build_minilm(a.finetune_steps) if model == "minilm" else build_mlp()
+                bundle, base, weights = BUILDERS[model](a)
                 build_s = time.perf_counter() - t_build
                 if base is not None:
                     pc.push_base(base)
