@@ -56,8 +56,8 @@ NOLA_RANK = 8
 DEFAULT_LR = {
     "dense": 3e-3,
     "MCNC": 0.05,
-    f"MCNC r={MCNC_RANK}": 0.05,
-    "PRANC": 1e-2,
+    f"MCNC r={MCNC_RANK}": 0.1,
+    "PRANC": 0.1,
     "NOLA": 1e-2,
     "low rank": 3e-3,
     "pruning": 3e-3,
@@ -329,9 +329,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for method in METHODS:
-            pts = sorted(
-                (k[1], rs) for k, rs in g.items() if k[0] == task and k[2] == method and "na" not in rs[0]
-            )
+            pts = sorted((k[1], rs) for k, rs in g.items() if k[0] == task and k[2] == method and "na" not in rs[0])
             if not pts:
                 continue
             xs = [statistics.fmean(r["stored_bytes"] for r in rs) for _, rs in pts]
@@ -362,6 +360,24 @@ def write_doc(path: Path, block: str) -> None:
     path.write_text(text)
 
 
+def report_merged(a: argparse.Namespace) -> int:
+    """Table, doc block and plot from several ``--json`` files (e.g. one process per task)."""
+    loaded = [json.loads(path.read_text()) for path in a.merge]
+    results = [r for d in loaded for r in d["results"]]
+    budgets = sorted({r["frac"] for r in results if r["method"].startswith("MCNC")})
+    table = format_table(results, budgets)
+    runs = "\n".join(f"- `{d['command']}`: {d['info']}" for d in loaded)
+    block = f"Runs (merged with `--merge`):\n\n{runs}\n\n{table}"
+    print(table)
+    if a.out is not None:
+        a.out.write_text(block + "\n")
+    if a.doc is not None:
+        write_doc(a.doc, block)
+    if a.plot is not None:
+        plot(results, a.plot)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="mnist1d MLP, 2 %% budget, seed 0, 60 steps (smoke test)")
@@ -376,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the markdown block here")
     p.add_argument("--doc", type=Path, default=None, help="replace the generated block in this markdown file")
     p.add_argument("--plot", type=Path, default=None, help="write the accuracy-vs-bytes PNG here")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, help="report from these --json files; run nothing")
     a = p.parse_args(argv)
+    if a.merge:
+        return report_merged(a)
     torch.set_num_threads(a.threads)
     tasks = a.tasks or (["mnist1d-mlp"] if a.quick else list(TASKS))
     budgets = a.budgets or ([0.02] if a.quick else [0.01, 0.02, 0.05])
