@@ -31,8 +31,7 @@ class LowRank(Reparam):
 
     def weights(self) -> dict[str, Tensor]:
         return {
-            name: (a @ b).view(shape)
-            for (name, shape), a, b in zip(self.shapes.items(), self.A, self.B, strict=True)
+            name: (a @ b).view(shape) for (name, shape), a, b in zip(self.shapes.items(), self.A, self.B, strict=True)
         }
 
     def stored_numbers(self) -> int:
