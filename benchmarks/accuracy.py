@@ -280,7 +280,8 @@ def format_table(results: list[dict], budgets: list[float]) -> str:
     ]
     tasks = list(dict.fromkeys(r["task"] for r in results))
     for task in tasks:
-        keys = [("dense", None)] + [(m, f) for f in budgets for m in TRAINED[1:]] + [("int8", None), ("int4", None)]
+        trained = _method_order(results)
+        keys = [("dense", None)] + [(m, f) for f in budgets for m in trained] + [("int8", None), ("int4", None)]
         for method, frac in keys:
             rs = g.get((task, frac if frac is not None else _frac_of(method), method))
             if not rs:
@@ -309,11 +310,26 @@ def _frac_of(method: str) -> float | None:
     return {"int8": 0.25, "int4": 0.125}.get(method)
 
 
+def _method_order(results: list[dict]) -> list[str]:
+    """Budgeted methods in the order of ``TRAINED``, each followed by its variants (``--suffix`` runs)."""
+    names = list(dict.fromkeys(r["method"] for r in results if r["method"] not in ("dense", "int8", "int4")))
+    base = [m for m in TRAINED[1:] if m in names]
+    out = []
+    for b in base:
+        out += [b] + [n for n in names if n != b and n.startswith(b + " (")]
+    return out + [n for n in names if n not in out]
+
+
 def _compare(g: dict, task: str, frac: float, method: str, m: float) -> str:
+    """Flag an MCNC mean below the best variant (any lr) of PRANC or of NOLA at the same budget."""
     worse = []
     for other in ("PRANC", "NOLA"):
-        rs = g.get((task, frac, other))
-        if rs and "na" not in rs[0] and statistics.fmean(100 * r["acc"] for r in rs) > m:
+        best = [
+            statistics.fmean(100 * r["acc"] for r in rs)
+            for (t, f, name), rs in g.items()
+            if t == task and f == frac and (name == other or name.startswith(other + " (")) and "na" not in rs[0]
+        ]
+        if best and max(best) > m:
             worse.append(other)
     return f" **(< {', '.join(worse)})**" if worse else ""
 
@@ -328,7 +344,7 @@ def plot(results: list[dict], path: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in results))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for method in METHODS:
+        for method in ["dense", *_method_order(results), "int8", "int4"]:
             pts = sorted((k[1], rs) for k, rs in g.items() if k[0] == task and k[2] == method and "na" not in rs[0])
             if not pts:
                 continue
@@ -392,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the markdown block here")
     p.add_argument("--doc", type=Path, default=None, help="replace the generated block in this markdown file")
     p.add_argument("--plot", type=Path, default=None, help="write the accuracy-vs-bytes PNG here")
+    p.add_argument("--suffix", default="", help="appended to method names (a variant, e.g. ' (lr 0.03)')")
     p.add_argument("--merge", type=Path, nargs="+", default=None, help="report from these --json files; run nothing")
     a = p.parse_args(argv)
     if a.merge:
@@ -424,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                     if method not in methods:
                         continue
                     r = run_one(task, method, frac, seed, data, steps, lr)
+                    r["method"] += a.suffix
                     results.append(r)
                     msg = r.get("na") or f"acc {100 * r['acc']:.1f}  bytes {r['stored_bytes']}  {r['seconds']:.1f}s"
                     print(f"{task:>12} {100 * frac:>4g}% seed {seed} {method:>9}: {msg}", flush=True)
