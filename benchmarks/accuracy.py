@@ -52,6 +52,7 @@ DATA_SEED = 42
 MCNC_K = 8
 MCNC_RANK = 8
 MCNC_BOUND = 10.0
+MCNC_WIDTH = 64
 NOLA_RANK = 8
 DEFAULT_LR = {
     "dense": 3e-3,
@@ -186,7 +187,9 @@ def run_one(task: str, method: str, frac: float, seed: int, data: Data, steps: i
         chunk = mcnc_chunk(shapes, budget, rank)
         if chunk is None:
             return {**out, "na": "one chunk per tensor exceeds the budget"}
-        cfg = mcnc_core.MCNCConfig(k=MCNC_K, chunk_size=chunk, rank=rank, seed=seed, min_numel=1, bound=MCNC_BOUND)
+        cfg = mcnc_core.MCNCConfig(
+            k=MCNC_K, chunk_size=chunk, rank=rank, seed=seed, min_numel=1, bound=MCNC_BOUND, width=MCNC_WIDTH
+        )
         mcnc_core.compress(net, cfg)
         acc = train(net, data, lr=lr[method], steps=steps, seed=seed)
         bundle = mcnc_core.export_bundle(net)
@@ -455,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     info = (
         f"steps={steps} batch=128 seeds={seeds} data_seed={DATA_SEED} lr={json.dumps(lr)} "
-        f"mcnc: k={MCNC_K} width=64 depth=2 L=10 rank={MCNC_RANK} (low-rank variant); nola rank={NOLA_RANK}; "
+        f"mcnc: k={MCNC_K} width={MCNC_WIDTH} depth=2 L={MCNC_BOUND:g} rank={MCNC_RANK} (low-rank variant); "
+        f"nola rank={NOLA_RANK}; "
         f"threads={a.threads} torch={torch.__version__} python={platform.python_version()} "
         f"cpu={platform.machine()} total={total:.0f}s"
     )

@@ -10,6 +10,9 @@ Usage::
     python benchmarks/accuracy_sweep.py mcncr    # MCNC r=8 lr grid, and L=1
     python benchmarks/accuracy_sweep.py base     # PRANC and NOLA lr grids
     python benchmarks/accuracy_sweep.py kl       # more k/L points; PRANC lr 0.3, NOLA lr 0.1
+    python benchmarks/accuracy_sweep.py diag mnist1d-cnn   # why MCNC trails: 3x steps, width 256, L=1
+
+``diag`` runs at seed 0 (a benchmark seed: it probes the benchmark's own runs) and 2 % budget.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ GRIDS = {
     "kl": [("MCNC", 0.05, k, b) for k, b in ((4, 10.0), (16, 10.0), (8, 1.0), (4, 1.0))]
     + [("PRANC", 0.3, None, None), ("NOLA", 0.1, None, None)],
 }
+# (method, lr, k, L, generator width, steps)
+DIAG = [
+    ("MCNC", 0.05, 8, 10.0, 64, 2400),
+    ("MCNC r=8", 0.1, 8, 10.0, 64, 2400),
+    ("PRANC", 0.03, None, None, None, 2400),
+    ("NOLA", 0.01, None, None, None, 2400),
+    ("MCNC", 0.05, 8, 10.0, 256, 800),
+    ("MCNC r=8", 0.1, 8, 10.0, 256, 800),
+    ("MCNC", 0.05, 8, 1.0, 64, 800),
+    ("MCNC r=8", 0.1, 8, 1.0, 64, 800),
+]
 
 
 def main() -> int:
@@ -39,6 +53,14 @@ def main() -> int:
     which = sys.argv[1]
     task = sys.argv[2] if len(sys.argv) > 2 else "mnist1d-mlp"
     data = A.TASKS[task][0]()
+    if which == "diag":
+        for method, lr, k, bound, width, steps in DIAG:
+            if k is not None:
+                A.MCNC_K, A.MCNC_BOUND, A.MCNC_WIDTH = k, bound, width
+            r = A.run_one(task, method, 0.02, 0, data, steps, {method: lr})
+            row = {"task": task, "method": method, "lr": lr, "L": bound, "width": width, "steps": steps}
+            print(json.dumps({**row, "acc": r["acc"], "bytes": r["stored_bytes"]}), flush=True)
+        return 0
     for method, lr, k, bound in GRIDS[which]:
         if k is not None:
             A.MCNC_K, A.MCNC_BOUND = k, bound
