@@ -342,29 +342,37 @@ def plot(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     g = group(results)
     tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    methods = ["dense", *_method_order(results), "int8", "int4"]
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}  # one colour per method in every panel
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.4), squeeze=False)
+    handles: dict[str, object] = {}
     for ax, task in zip(axes[0], tasks, strict=True):
-        for method in ["dense", *_method_order(results), "int8", "int4"]:
+        for method in methods:
             pts = sorted((k[1], rs) for k, rs in g.items() if k[0] == task and k[2] == method and "na" not in rs[0])
             if not pts:
                 continue
             xs = [statistics.fmean(r["stored_bytes"] for r in rs) for _, rs in pts]
             ms = [mean_std([100 * r["acc"] for r in rs]) for _, rs in pts]
             if method == "dense":
-                ax.axhline(ms[0][0], color="k", ls="--", lw=1, label=f"dense ({xs[0] / 1e3:.0f} kB)")
+                handles[method] = ax.axhline(ms[0][0], color="k", ls="--", lw=1, label="dense float32")
                 continue
             style = "s" if method.startswith("int") else "o-"
-            ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], fmt=style, capsize=3, label=method)
+            handles[method] = ax.errorbar(
+                xs, [m for m, _ in ms], yerr=[s for _, s in ms], fmt=style, capsize=3, color=colors[method]
+            )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylim(0, 100)
         ax.set_xlabel("stored bytes (weights + raw biases)")
-        ax.set_ylabel("test accuracy %")
+        ax.set_ylabel("test accuracy % (mean ± std, 3 seeds)")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 10), fontsize=8)
+    fig.subplots_adjust(bottom=0.25)
     fig.savefig(path, dpi=110)
 
 
