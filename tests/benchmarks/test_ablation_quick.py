@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "ablation.py"
+from tests._scripts import run_script
 
 pytest.importorskip("mnist1d")
 
 
 def test_ablation_quick(tmp_path: Path) -> None:
     out = tmp_path / "ablation.md"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| base |")]
-    assert len(rows) == 1, proc.stdout
+    stdout = run_script("benchmarks/ablation.py", "--quick", "--out", str(out), timeout=120, cwd=tmp_path)
+    rows = [line for line in stdout.splitlines() if line.startswith("| base |")]
+    assert len(rows) == 1, stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     acc_mean, acc_std = (float(v) for v in re.findall(r"[-\d.]+|nan|inf", cells[2]))
     stored = int(cells[3])

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "accuracy.py"
+from tests._scripts import run_script
 
 pytest.importorskip("mnist1d")
 pytest.importorskip("sklearn")
@@ -19,14 +16,18 @@ pytest.importorskip("sklearn")
 
 def test_accuracy_quick(tmp_path: Path) -> None:
     out, js, png = tmp_path / "acc.md", tmp_path / "acc.json", tmp_path / "acc.png"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--json", str(js), "--plot", str(png)],
-        capture_output=True,
-        text=True,
+    run_script(
+        "benchmarks/accuracy.py",
+        "--quick",
+        "--out",
+        str(out),
+        "--json",
+        str(js),
+        "--plot",
+        str(png),
         timeout=240,
         cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr
     results = json.loads(js.read_text())["results"]
     methods = {r["method"] for r in results}
     assert {"dense", "MCNC", "MCNC r=8", "PRANC", "NOLA", "pruning", "int8", "int4"} <= methods

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import run_script
 
 
 def test_reconstruct_benchmark_quick(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "reconstruct.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "of limit" in proc.stdout and "PRANC" in proc.stdout and "NOLA" in proc.stdout
+    stdout = run_script("benchmarks/reconstruct.py", "--quick", "--json", str(out), timeout=120)
+    assert "of limit" in stdout and "PRANC" in stdout and "NOLA" in stdout
     r = json.loads(out.read_text())
     assert r["quick"] is True and 500_000 < r["params"] < 2_000_000
     for key in (

@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "transmission.py"
+from tests._scripts import run_script
 
 
 def test_transmission_quick(tmp_path: Path) -> None:
     out = tmp_path / "transmission.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| mlp (full) | 100 Mbit/s |")]
-    assert len(table) == 1, proc.stdout
+    stdout = run_script("benchmarks/transmission.py", "--quick", "--json", str(out), timeout=120)
+    table = [line for line in stdout.splitlines() if line.startswith("| mlp (full) | 100 Mbit/s |")]
+    assert len(table) == 1, stdout
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1
     row = rows[0]

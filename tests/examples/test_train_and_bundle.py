@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "examples" / "train_and_bundle.py"
+from tests._scripts import run_script
 
 pytest.importorskip("mnist1d")
 
@@ -24,15 +21,8 @@ def _number(pattern: str, text: str) -> float:
 
 def test_train_and_bundle_quick(tmp_path: Path) -> None:
     out = tmp_path / "mlp.mcnc.safetensors"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = proc.stdout
+    stdout = run_script("examples/train_and_bundle.py", "--quick", "--out", str(out), timeout=120, cwd=tmp_path)
+    text = stdout
     acc_trained = _number(r"test accuracy \(trained\):\s+([\d.]+) %", text)
     acc_rebuilt = _number(r"test accuracy \(reconstructed\):\s+([\d.]+) %", text)
     bundle_bytes = _number(r"bundle bytes: (\d+)", text)
