@@ -94,7 +94,7 @@ class AsyncClient(BaseClient):
                     return resp
                 body = await resp.aread()
                 await resp.aclose()
-                err = error_from_response(resp.status_code, resp.headers, body)
+                err = error_from_response(resp.status_code, resp.headers, body, f"{method} {path}")
                 delay = retry_delay(attempt, self.config.retries, resp.status_code, getattr(err, "retry_after", None))
                 if delay is None:
                     raise err

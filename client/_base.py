@@ -64,17 +64,20 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def error_from_response(status: int, headers: Any, body: bytes) -> APIError:
-    """Build the typed exception for an error response (envelope, else ``X-Error-Code``, else status)."""
+def error_from_response(status: int, headers: Any, body: bytes, request: str = "") -> APIError:
+    """Build the typed exception for an error response (envelope, else ``X-Error-Code``, else status).
+
+    ``request`` (``"HEAD /bundles/x"``) stands in for the message when the body has none (HEAD).
+    """
     code, message, request_id = headers.get("x-error-code") or "", "", None
     try:
         err = json.loads(body)["error"]
         code, message, request_id = err.get("code") or code, err.get("message", ""), err.get("request_id")
     except (ValueError, KeyError, TypeError):
         message = body[:200].decode("utf-8", "replace")
-    return error_for(
-        status, code or f"http_{status}", message, request_id, parse_retry_after(headers.get("retry-after"))
-    )
+    message = message or (f"{request} failed" if request else "")
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    return error_for(status, code or f"http_{status}", message, request_id, retry_after)
 
 
 def digest_from_headers(headers: Any) -> str | None:
