@@ -63,17 +63,15 @@ def reconstruct_local(
 
 
 def state_digest_file(path: Path) -> str:
-    """``mcnc_core.state_digest`` of a safetensors file's tensors.
+    """``mcnc_core`` state digest of a safetensors file, read one tensor at a time.
 
     Raises:
         IntegrityError: the file is not a readable safetensors file.
     """
-    from safetensors.torch import load_file
-
-    import mcnc_core
+    from mcnc_core.fingerprint import state_digest_file as digest_of_file
 
     try:
-        return mcnc_core.state_digest(load_file(str(path)))
+        return digest_of_file(path)[0]
     except Exception as exc:  # safetensors raises its own error type
         raise IntegrityError(f"{path} is not a readable safetensors file: {exc}") from exc
 
@@ -87,23 +85,24 @@ def verify_weights_file(weights_path: Path, bundle_path: Path) -> int:
     Raises:
         IntegrityError: a tensor is missing, extra, mis-shaped or outside the fingerprint tolerance.
     """
-
     import mcnc_core
-    from mcnc_core.fingerprint import check_tensor
 
     bundle = mcnc_core.load_bundle(bundle_path)
-    index = {e.name: i for i, e in enumerate(bundle.manifest)}
     try:
-        return _check_file(weights_path, bundle, index, check_tensor, mcnc_core.FingerprintMismatchError)
+        return _check_file(weights_path, bundle)
     except IntegrityError:
         raise
     except Exception as exc:  # safetensors raises its own error type for unreadable files
         raise IntegrityError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
 
 
-def _check_file(weights_path: Path, bundle: Any, index: dict[str, int], check_tensor: Any, mismatch: Any) -> int:
+def _check_file(weights_path: Path, bundle: Any) -> int:
     from safetensors import safe_open
 
+    from mcnc_core import FingerprintMismatchError
+    from mcnc_core.fingerprint import check_tensor
+
+    index = {e.name: i for i, e in enumerate(bundle.manifest)}
     with safe_open(str(weights_path), framework="pt") as f:
         names = set(f.keys())
         if names != set(index):
@@ -119,6 +118,6 @@ def _check_file(weights_path: Path, bundle: Any, index: dict[str, int], check_te
             if name in bundle.fingerprint:
                 try:
                     check_tensor(name, t, index[name], bundle.fingerprint[name])
-                except mismatch as exc:
+                except FingerprintMismatchError as exc:
                     raise IntegrityError(str(exc)) from exc
     return len(names)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mcnc_core import prng
-from mcnc_core.errors import FingerprintMismatchError
+from mcnc_core.errors import BaseMismatchError, FingerprintMismatchError
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, tensor_bytes
 
 __all__ = [
@@ -108,8 +110,37 @@ def state_digest(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -
     items = sorted(tensors.items() if isinstance(tensors, Mapping) else tensors, key=lambda kv: kv[0])
     h = hashlib.sha256()
     for name, t in items:
-        data = tensor_bytes(t)
-        h.update(name.encode() + b"\0" + TORCH_TO_DTYPE[t.dtype].encode() + b"\0")
-        h.update(",".join(map(str, t.shape)).encode() + b"\0" + len(data).to_bytes(8, "little"))
-        h.update(data)
+        _digest_update(h, name, t)
     return h.hexdigest()
+
+
+def state_digest_file(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """``state_digest`` of a safetensors file's tensors, reading one tensor at a time.
+
+    Returns:
+        ``(digest, number of tensors, number of parameters)``.
+
+    Raises:
+        BaseMismatchError: a tensor has a dtype bundles cannot store.
+        Exception: whatever ``safetensors`` raises for a malformed file.
+    """
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    n_params = 0
+    with safe_open(os.fspath(path), framework="pt") as f:
+        names = sorted(f.keys())
+        for name in names:
+            t = f.get_tensor(name)
+            _digest_update(h, name, t)
+            n_params += t.numel()
+    return h.hexdigest(), len(names), n_params
+
+
+def _digest_update(h: Any, name: str, t: Tensor) -> None:
+    if t.dtype not in TORCH_TO_DTYPE:
+        raise BaseMismatchError(f"tensor {name!r} has dtype {t.dtype}, which bundles cannot store")
+    data = tensor_bytes(t)
+    h.update(name.encode() + b"\0" + TORCH_TO_DTYPE[t.dtype].encode() + b"\0")
+    h.update(",".join(map(str, t.shape)).encode() + b"\0" + len(data).to_bytes(8, "little"))
+    h.update(data)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from safetensors import safe_open
 
-from mcnc_core.safetensors_io import TORCH_TO_DTYPE, tensor_bytes
+from mcnc_core.errors import MCNCError
+from mcnc_core.fingerprint import state_digest_file
 from service.deps import SettingsDep, StoreDep, require
 from service.errors import BaseNotFoundError, InvalidBaseError
 from service.routers.bundles import blob_response, receive_body
@@ -22,36 +19,13 @@ from service.storage import BaseRecord, Store, TempBlob, parse_ref
 router = APIRouter(tags=["bases"])
 
 
-def streaming_state_digest(path: str) -> tuple[str, int, int]:
-    """``mcnc_core.state_digest`` of a safetensors file, reading one tensor at a time.
-
-    Same byte sequence as ``state_digest`` (names ascending; name, dtype, shape, length, data),
-    without holding every tensor at once. Returns ``(digest, tensors, parameters)``.
-    """
-    h = hashlib.sha256()
-    n_params = 0
-    f: Any
-    with safe_open(path, framework="pt") as f:
-        names = sorted(f.keys())
-        for name in names:
-            t = f.get_tensor(name)
-            if t.dtype not in TORCH_TO_DTYPE:
-                raise InvalidBaseError(f"tensor {name!r} has dtype {t.dtype}, not one MCNC bundles use")
-            data = tensor_bytes(t)
-            h.update(name.encode() + b"\0" + TORCH_TO_DTYPE[t.dtype].encode() + b"\0")
-            h.update(",".join(map(str, t.shape)).encode() + b"\0" + len(data).to_bytes(8, "little"))
-            h.update(data)
-            n_params += math.prod(t.shape)
-    return h.hexdigest(), len(names), n_params
-
-
 def _store_base(store: Store, tmp: TempBlob) -> tuple[BaseRecord, bool]:
     try:
         file_sha = tmp.finish()
         try:
-            digest, n_tensors, n_params = streaming_state_digest(str(tmp.path))
-        except InvalidBaseError:
-            raise
+            digest, n_tensors, n_params = state_digest_file(tmp.path)
+        except MCNCError as exc:
+            raise InvalidBaseError(str(exc)) from exc
         except Exception as exc:  # safetensors raises its own error types for malformed files
             raise InvalidBaseError(f"not a valid safetensors file: {exc}") from exc
         rec = store.get_base(digest)

@@ -8,14 +8,14 @@ import torch
 from safetensors.torch import save
 
 import mcnc_core as m
-from service.routers.bases import streaming_state_digest
+from mcnc_core.fingerprint import state_digest_file
 from tests.service._helpers import error_code, load_st
 
 
 def test_streaming_digest_matches_core(tmp_path, delta):
     path = tmp_path / "base.safetensors"
     path.write_bytes(delta.base_file)
-    digest, n_tensors, n_params = streaming_state_digest(str(path))
+    digest, n_tensors, n_params = state_digest_file(path)
     assert digest == m.state_digest(delta.base) == delta.bundle.base.sha256
     assert n_tensors == len(delta.base) and n_params == sum(t.numel() for t in delta.base.values())
 
