@@ -31,13 +31,17 @@ def reconstruct_local(
 ) -> tuple[dict[str, Tensor], float]:
     """Reconstruct a cached bundle; optionally load it into ``model`` (strict).
 
+    With ``model`` and no ``dtype`` the weights are decoded straight into the model's tensors
+    (``mcnc_core.reconstruct_into``) and its ``state_dict()`` is returned.
+
     Returns:
         ``(state_dict, seconds)``.
 
     Raises:
         IntegrityError: the reconstruction does not match the bundle's fingerprint, or the base's
-            digest differs from the one the bundle references.
-        StateDictMismatchError: ``model`` has other keys than the reconstruction.
+            digest differs from the one the bundle references. Decoding straight into ``model``,
+            the tensors before the one named have been written.
+        StateDictMismatchError: ``model`` has other keys than the reconstruction (nothing written).
     """
     from safetensors.torch import load_file
 
@@ -46,18 +50,25 @@ def reconstruct_local(
     start = time.perf_counter()
     bundle = mcnc_core.load_bundle(bundle_path)
     base = load_file(base_path) if base_path is not None else None
+    if model is not None:
+        own = model.state_dict()
+        names = {e.name for e in bundle.manifest}
+        missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
+        mismatched = [e.name for e in bundle.manifest if e.name in own and tuple(own[e.name].shape) != e.shape]
+        if missing or unexpected or mismatched:
+            raise StateDictMismatchError(missing, unexpected, mismatched)
     try:
         # Cached bases were checked against their digest when they entered the cache.
+        if model is not None and dtype is None:
+            # Straight into the model's tensors: no second copy of the weights, no fresh pages.
+            mcnc_core.reconstruct_into(bundle, model, base=base, device=device, verify=verify, verify_base=False)
+            return model.state_dict(), time.perf_counter() - start
         state = mcnc_core.reconstruct(
             bundle, base=base, device=device, dtype=_torch_dtype(dtype), verify=verify, verify_base=False
         )
     except (mcnc_core.FingerprintMismatchError, mcnc_core.BaseMismatchError) as exc:
         raise IntegrityError(str(exc)) from exc
     if model is not None:
-        own = set(model.state_dict())
-        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        if missing or unexpected:
-            raise StateDictMismatchError(missing, unexpected)
         model.load_state_dict(state, strict=True)
     return state, time.perf_counter() - start
 

@@ -24,7 +24,7 @@ from mcnc_core.errors import (
 )
 from mcnc_core.fingerprint import state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
-from mcnc_core.reconstruct import iter_reconstruct, reconstruct
+from mcnc_core.reconstruct import iter_reconstruct, reconstruct, reconstruct_into
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,7 @@ __all__ = [
     "load_bundle",
     "materialize",
     "reconstruct",
+    "reconstruct_into",
     "save_bundle",
     "state_digest",
 ]

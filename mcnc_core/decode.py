@@ -206,10 +206,11 @@ def decode_tensor_into(
 ) -> Tensor:
     """Decode one tensor into ``out`` (same numbers as ``decode_tensor`` on the same device).
 
-    Full-rank float32 outputs are written block by block straight into ``out`` by the final GEMM:
-    each weight is written once, the working set is one block; a delta's base is then added in
-    place (``out += base`` is ``base + w`` bit for bit: IEEE addition commutes). Other cases (low
-    rank, non-float32 ``out``) decode into float32 first and combine.
+    Full-rank tensors are decoded block by block, in parallel on CPU: a float32 ``out`` is
+    written straight by each block's final GEMM (each weight written once, the working set one
+    block); for other dtypes a block is decoded in float32 and cast into ``out`` while it is
+    still in cache. A delta's base is added per block in float32 (``w + base`` is ``base + w``
+    bit for bit: IEEE addition commutes). Low rank decodes in float32 first and combines.
 
     Args:
         out: contiguous tensor of ``shape`` (any floating dtype) on ``alpha``'s device.
@@ -217,23 +218,29 @@ def decode_tensor_into(
     Returns:
         ``out``.
     """
-    if len(factors) > 1 or out.dtype != torch.float32:
-        w = decode_tensor(gen, alpha, beta, shape, factors, base)
-        return out.copy_(w)
+    if len(factors) > 1:
+        return out.copy_(decode_tensor(gen, alpha, beta, shape, factors, base))
     d = gen.spec.chunk_size
     step = block_chunks(d, alpha.device, alpha.shape[0])
     numel = out.numel()
     flat = out.view(-1)
+    base_flat = None if base is None else base.reshape(-1)
 
     def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)
         hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
-        if hs.shape[0] == rows and hi == lo + rows * d:  # the GEMM writes straight into ``out``
-            torch.matmul(hs, gen.w_out_t, out=flat[lo:hi].view(rows, d))
-        else:  # last block (padded rows or chunk): same GEMM shape as training, copy the used part
-            tail = hs @ gen.w_out_t  # (m, d)
-            flat[lo:hi].copy_(tail.reshape(-1)[: hi - lo])
+        # The GEMM writes straight into ``out`` unless the block is the padded last one (same GEMM
+        # shape as training, keep the used part) or ``out`` is not float32.
+        into = out.dtype == torch.float32 and hs.shape[0] == rows and hi == lo + rows * d
+        if into:
+            w = torch.matmul(hs, gen.w_out_t, out=flat[lo:hi].view(rows, d)).view(-1)
+        else:
+            w = (hs @ gen.w_out_t).view(-1)[: hi - lo]
+        if base_flat is not None:
+            w.add_(base_flat[lo:hi])  # float32 += base (upcast exactly, as training's base.float())
+        if not into:
+            flat[lo:hi].copy_(w)
 
     starts = range(0, alpha.shape[0], step)
     workers = torch.get_num_threads()
@@ -242,6 +249,4 @@ def decode_tensor_into(
     else:
         for i in starts:
             block(i)
-    if base is not None:
-        out.add_(base.to(torch.float32))
     return out

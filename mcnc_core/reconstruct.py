@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-import mmap
-import sys
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mcnc_core.bundle import Bundle
 from mcnc_core.decode import decode_tensor_into
-from mcnc_core.errors import BaseMismatchError
+from mcnc_core.errors import BaseMismatchError, ModelError
 from mcnc_core.fingerprint import check_tensor, state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
+from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.manifest import FLOAT_DTYPES, TensorEntry
 from mcnc_core.safetensors_io import DTYPE_TO_TORCH, TORCH_TO_DTYPE
 
-__all__ = ["base_names", "check_base", "iter_reconstruct", "output_dtype", "reconstruct"]
+__all__ = ["base_names", "check_base", "iter_reconstruct", "output_dtype", "reconstruct", "reconstruct_into"]
 
 DeviceLike = str | torch.device
 
@@ -39,50 +37,6 @@ def _full_fp32_matmul() -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
-
-
-class _OutputRecycler:
-    """Large float32 CPU outputs backed by private anonymous mappings that are reused once dropped.
-
-    Writing a freshly allocated tensor costs a page fault per 4 KiB page on first touch; tensors
-    of 32 MiB and more always get fresh pages from glibc (its largest mmap threshold), and on
-    virtual machines a fault can cost more than the decoding itself (measured 1.0-1.4 GB/s for
-    ``torch.empty`` + ``fill_`` against 11-15 GB/s into mapped pages, see docs/benchmarks.md).
-    When ``iter_reconstruct``'s consumer drops a tensor before asking for the next one (a server
-    streaming a model out), the next tensor reuses its mapping, already faulted in.
-
-    A mapping is reused only when nothing references it: every tensor, view, numpy array or
-    storage made from it holds the mapping (through the buffer protocol), so its reference count
-    is back to its baseline exactly when all of them are gone. At most ``keep`` mappings are
-    tracked and a mapping is reused only for a tensor of at least half its size, so memory
-    stays bounded by about the largest tensor beyond what the consumer itself keeps.
-    """
-
-    MIN_BYTES = 32 << 20
-
-    def __init__(self, keep: int = 2) -> None:
-        self.keep = keep
-        self._bufs: list[mmap.mmap] = []
-        # References to a tracked mapping nothing else holds, as ``_refs`` counts them.
-        self._bufs.append(mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-        self._baseline = self._refs(0)
-        self._bufs.clear()
-
-    def _refs(self, i: int) -> int:
-        return sys.getrefcount(self._bufs[i])
-
-    def empty(self, shape: tuple[int, ...]) -> Tensor:
-        numel = math.prod(shape)
-        nbytes = numel * 4
-        if nbytes < self.MIN_BYTES:
-            return torch.empty(shape, dtype=torch.float32)
-        for i in range(len(self._bufs)):  # no loop variable bound to a mapping: it would count
-            if nbytes <= len(self._bufs[i]) <= 2 * nbytes and self._refs(i) == self._baseline:
-                return torch.frombuffer(self._bufs[i], dtype=torch.float32, count=numel).view(shape)
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._bufs.append(buf)
-        del self._bufs[: -self.keep]  # forget the oldest (their tensors keep them alive)
-        return torch.frombuffer(buf, dtype=torch.float32, count=numel).view(shape)
 
 
 def base_names(bundle: Bundle) -> list[str]:
@@ -130,6 +84,51 @@ def output_dtype(entry: TensorEntry, dtype: torch.dtype | None) -> torch.dtype:
     return DTYPE_TO_TORCH[entry.dtype]
 
 
+def _device(device: DeviceLike) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _allocator(dev: torch.device, recycler: OutputRecycler) -> Callable[..., Tensor]:
+    """``empty(shape, dtype=float32)`` on ``dev``: on CPU through ``recycler``, which may hand out
+    the memory of a tensor the consumer has dropped (no page faults, mcnc_core.hostmem)."""
+    if dev.type == "cpu":
+        return recycler.empty
+    return lambda shape, dtype=torch.float32: torch.empty(shape, dtype=dtype, device=dev)
+
+
+def _decode(
+    bundle: Bundle,
+    index: int,
+    e: TensorEntry,
+    gen: Generator,
+    base: Mapping[str, Tensor] | None,
+    out: Tensor,
+    verify: bool,
+) -> Tensor:
+    """Decode compressed entry ``e`` into ``out`` (contiguous, on the generator's device; float32
+    when ``verify``) and check it against the fingerprint if asked."""
+    dev = out.device
+    sl = slice(e.chunk_offset, e.chunk_offset + e.chunks)
+    alpha = bundle.alpha[sl].to(dev, non_blocking=True)
+    beta = bundle.beta[sl].to(dev, non_blocking=True)
+    b = None if base is None or bundle.base is None else base[e.name].to(dev)
+    decode_tensor_into(gen, alpha, beta, e.shape, e.factors(), out, b)
+    if verify:
+        check_tensor(e.name, out, index, bundle.fingerprint[e.name])
+    return out
+
+
+def _stored(bundle: Bundle, index: int, e: TensorEntry, base: Mapping[str, Tensor] | None, verify: bool) -> Tensor:
+    """A raw (or, in delta mode, unchanged base) tensor as stored, checked if asked."""
+    src = bundle.raw[e.name] if e.storage == "raw" else base[e.name]  # type: ignore[index]
+    if verify and e.dtype in FLOAT_DTYPES:
+        check_tensor(e.name, src.float(), index, bundle.fingerprint[e.name])
+    return src
+
+
 def iter_reconstruct(
     bundle: Bundle,
     base: Mapping[str, Tensor] | None = None,
@@ -139,12 +138,14 @@ def iter_reconstruct(
     verify: bool = False,
     verify_base: bool = True,
     names: Collection[str] | None = None,
+    recycler: OutputRecycler | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(name, tensor)`` for every output tensor, in manifest (state_dict) order.
 
     Compressed tensors are computed in float32 on ``device`` and cast to the output dtype.
-    Peak memory: the largest output tensor (plus its float32 copy when casting, low rank or
-    delta) and one decoding block; nothing is retained between yields.
+    Memory: the tensors the consumer still holds, the one being decoded (plus a float32 copy
+    when low rank, or when casting with ``verify``) and one decoding block per worker; on CPU the
+    recycler keeps up to three dropped outputs' mappings for reuse (``mcnc_core.hostmem``).
 
     Args:
         bundle: the bundle.
@@ -155,42 +156,31 @@ def iter_reconstruct(
         verify: check every tensor against the bundle's fingerprint (float32 values, before casting).
         verify_base: check the base's digest (turn off only when the caller already did).
         names: only yield these tensors (manifest order is kept); ``None`` yields all.
+        recycler: CPU: where large outputs get their memory; a long-lived one (a server's) reuses
+            memory of tensors dropped after earlier calls too. ``None``: one for this call.
 
     Raises:
         BaseMismatchError: delta bundle without a matching base.
         FingerprintMismatchError: with ``verify``, a tensor outside the fingerprint's tolerance.
     """
     check_base(bundle, base, verify_digest=verify_base)
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = _device(device)
     gen = _generator(bundle.spec, dev)
-    recycler = _OutputRecycler() if dev.type == "cpu" and hasattr(mmap, "MAP_ANONYMOUS") else None
+    empty = _allocator(dev, recycler or OutputRecycler())
     wanted = None if names is None else set(names)
     for index, e in enumerate(bundle.manifest):
         if wanted is not None and e.name not in wanted:
             continue
         out_dtype = output_dtype(e, dtype)
         with torch.no_grad(), _full_fp32_matmul():
-            if e.storage == "mcnc":
-                sl = slice(e.chunk_offset, e.chunk_offset + e.chunks)
-                alpha = bundle.alpha[sl].to(dev, non_blocking=True)
-                beta = bundle.beta[sl].to(dev, non_blocking=True)
-                b = None if base is None or bundle.base is None else base[e.name].to(dev)
-                if recycler is not None and out_dtype == torch.float32 and e.rank == 0 and b is None:
-                    t32 = recycler.empty(e.shape)  # written in place by the final GEMM: reuse pays
-                else:
-                    t32 = torch.empty(e.shape, dtype=torch.float32, device=dev)
-                decode_tensor_into(gen, alpha, beta, e.shape, e.factors(), t32, b)
-                if verify:
-                    check_tensor(e.name, t32, index, bundle.fingerprint[e.name])
-                t = t32 if out_dtype == torch.float32 else t32.to(out_dtype)
-                del t32
+            if e.storage != "mcnc":
+                t = empty(e.shape, out_dtype).copy_(_stored(bundle, index, e, base, verify))
+            elif verify and out_dtype != torch.float32:  # the fingerprint covers the float32 values
+                t32 = _decode(bundle, index, e, gen, base, empty(e.shape), verify)
+                t = empty(e.shape, out_dtype).copy_(t32)
+                del t32  # the float32 scratch is free for the next tensor
             else:
-                src = bundle.raw[e.name] if e.storage == "raw" else base[e.name]  # type: ignore[index]
-                if verify and e.dtype in FLOAT_DTYPES:
-                    check_tensor(e.name, src.float(), index, bundle.fingerprint[e.name])
-                t = src.to(device=dev, dtype=out_dtype, copy=True)
+                t = _decode(bundle, index, e, gen, base, empty(e.shape, out_dtype), verify)
         yield e.name, t
         del t  # hold nothing while the consumer works: a dropped output can be recycled
 
@@ -210,3 +200,59 @@ def reconstruct(
     Same arguments and errors as ``iter_reconstruct``.
     """
     return dict(iter_reconstruct(bundle, base, device, dtype, verify=verify, verify_base=verify_base))
+
+
+def reconstruct_into(
+    bundle: Bundle,
+    target: nn.Module | Mapping[str, Tensor],
+    base: Mapping[str, Tensor] | None = None,
+    *,
+    device: DeviceLike | None = None,
+    verify: bool = False,
+    verify_base: bool = True,
+) -> None:
+    """Decode a bundle straight into existing tensors: a model's parameters and buffers.
+
+    The values of ``target.load_state_dict(reconstruct(bundle), strict=True)`` (cast to each
+    target tensor's dtype) without a second copy of the weights: each compressed tensor is
+    decoded into its target's own memory (already mapped: no page faults), through a recycled
+    float32 scratch only where the target is on another device, not contiguous, or (with
+    ``verify``) not float32.
+
+    Args:
+        bundle: the bundle.
+        target: a module (its ``state_dict()`` tensors are written in place) or a mapping of
+            names to the tensors to write.
+        base: delta mode: the base state dict, as for ``reconstruct``.
+        device: where to decode; ``None``: on each target tensor's own device.
+        verify, verify_base: as for ``reconstruct``.
+
+    Raises:
+        ModelError: the target's keys differ from the bundle's (both lists named) or a shape
+            differs; nothing has been written.
+        BaseMismatchError: as ``reconstruct``; nothing has been written.
+        FingerprintMismatchError: with ``verify``; the tensors before the one named were written.
+    """
+    targets = target.state_dict() if isinstance(target, nn.Module) else target
+    names = [e.name for e in bundle.manifest]
+    missing, unexpected = sorted(set(names) - set(targets)), sorted(set(targets) - set(names))
+    if missing or unexpected:
+        raise ModelError(f"target does not fit the bundle: missing keys {missing[:10]}, unexpected {unexpected[:10]}")
+    for e in bundle.manifest:
+        have = tuple(targets[e.name].shape)
+        if have != e.shape:
+            raise ModelError(f"target tensor {e.name!r} has shape {list(have)}, the bundle's {list(e.shape)}")
+    check_base(bundle, base, verify_digest=verify_base)
+    recycler = OutputRecycler()
+    with torch.no_grad(), _full_fp32_matmul():
+        for index, e in enumerate(bundle.manifest):
+            dst = targets[e.name]
+            if e.storage != "mcnc":
+                dst.copy_(_stored(bundle, index, e, base, verify))
+                continue
+            dev = dst.device if device is None else _device(device)
+            gen = _generator(bundle.spec, dev)
+            if dst.device == dev and dst.is_contiguous() and (dst.dtype == torch.float32 or not verify):
+                _decode(bundle, index, e, gen, base, dst, verify)
+            else:
+                dst.copy_(_decode(bundle, index, e, gen, base, _allocator(dev, recycler)(e.shape), verify))

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     max_params: int = Field(10**10, ge=1)
     max_concurrent_reconstructions: int = Field(2, ge=1)
     max_queued_reconstructions: int = Field(32, ge=0)
+    # CPU: memory of dropped outputs kept for the next reconstructions (no page faults on reuse).
+    recycle_bytes: int = Field(512 << 20, ge=0)
     rate_limit: float = Field(0.0, ge=0, description="requests per second per token (or client); 0 = off")
     rate_limit_burst: int = Field(60, ge=1)
     load_timeout: float = Field(600.0, gt=0)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 import mcnc_core
 from mcnc_core.bundle import Bundle
+from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
 from service.cache import MemoryCache, RedisCache, RedisUnavailable, RedisWriter
@@ -180,6 +181,12 @@ class Engine:
         self.device = resolve_device(settings.device)
         self.profile = numerics_profile(self.device)
         self._sem = threading.BoundedSemaphore(settings.max_concurrent_reconstructions)
+        # One recycler for all reconstructions: a request reuses the memory of tensors that earlier
+        # ones dropped (three per stream: the one sent, the one being built, a cast's scratch).
+        self._recycler: OutputRecycler | None = None
+        if self.device.type == "cpu" and settings.recycle_bytes > 0:
+            keep = 3 * settings.max_concurrent_reconstructions
+            self._recycler = OutputRecycler(keep=keep, max_bytes=settings.recycle_bytes)
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._bundles: OrderedDict[str, Bundle] = OrderedDict()
@@ -378,7 +385,9 @@ class Engine:
                 self.reconstruction_count += 1
             t0 = time.perf_counter()
             wanted = None if len(names) == len(lay.names) else names
-            yield from iter_reconstruct(bundle, base, self.device, DTYPES[lay.dtype], verify_base=False, names=wanted)
+            yield from iter_reconstruct(
+                bundle, base, self.device, DTYPES[lay.dtype], verify_base=False, names=wanted, recycler=self._recycler
+            )
             self.metrics.reconstruction_seconds.labels(kind).observe(time.perf_counter() - t0)
         finally:
             if base is not None:

@@ -35,8 +35,13 @@ def test_push_then_load_equals_reconstruct(live, tmp_path, bundles):
         assert report.bytes_received == info.size and report.full_weights_bytes == bundles.full.reconstructed_nbytes
         assert report.saving > 1 and report.cached == []
         model = tiny_net(9)
-        c.load(info.digest, model=model)  # strict load into a fresh instance
-        assert torch.equal(model[0].weight, ref["0.weight"])
+        ptr = model[0].weight.data_ptr()
+        loaded = c.load(info.digest, model=model)  # decoded straight into a fresh instance
+        assert all(torch.equal(t, ref[k]) for k, t in model.state_dict().items())
+        assert model[0].weight.data_ptr() == ptr and loaded["0.weight"].data_ptr() == ptr
+        half = tiny_net(9).half()
+        c.load(info.digest, model=half, dtype="float32")  # a dtype: reconstruct, then load_state_dict
+        assert torch.equal(half[0].weight, ref["0.weight"].half())
 
 
 def test_second_load_downloads_no_bundle(live, tmp_path, bundles):
@@ -161,6 +166,11 @@ def test_load_into_a_model_with_other_keys_lists_them(live, tmp_path, bundles):
             model[0].register_buffer("extra", torch.zeros(1))
             c.load("mlp", model=model)
         assert exc.value.unexpected == []
+        wider = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.ReLU(), torch.nn.Linear(64, 11))
+        before = wider[2].weight.clone()
+        with pytest.raises(client.StateDictMismatchError, match=r"shapes differ for \['2.weight', '2.bias'\]"):
+            c.load("mlp", model=wider)
+        assert torch.equal(wider[2].weight, before)  # nothing written
 
 
 def test_info_list_delete_and_not_found(live, tmp_path, bundles):

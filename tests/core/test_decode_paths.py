@@ -67,6 +67,27 @@ def test_delta_reconstruction_equals_training(shape: tuple[int, ...], base_dtype
     assert not torch.equal(out, base.float())
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_base", [False, True])
+@pytest.mark.parametrize("shape", [(300, 7), (513, 1031), (1000, 1000)])
+def test_cast_outputs_equal_the_cast_of_training(shape, with_base, dtype, threads) -> None:
+    """Non-float32 outputs are cast block by block in the parallel path: exactly the cast of
+    training's float32 weights (base added in float32 first)."""
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes(shape, 0, seed=sum(shape) + 7)
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype) if with_base else None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        trained = decode_tensor(gen, alpha, beta, shape, factors, base)
+        out = torch.empty(shape, dtype=dtype)
+        decode_tensor_into(gen, alpha, beta, shape, factors, out, base)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(out, trained.to(dtype))
+
+
 _CHILD = textwrap.dedent(
     """
     import hashlib, sys, torch

@@ -29,6 +29,17 @@ def _roundtrip(model: nn.Module, fresh: nn.Module, x: torch.Tensor, base=None) -
     fresh.load_state_dict(state, strict=True)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))  # same device: bit-identical
+    # reconstruct_into: the same values, written into the model's own tensors
+    ptrs = {n: t.data_ptr() for n, t in fresh.state_dict().items()}
+    with torch.no_grad():
+        for t in fresh.state_dict().values():
+            t.zero_()
+    m.reconstruct_into(bundle, fresh, base=base, verify=True)
+    after = fresh.state_dict()
+    assert {n: t.data_ptr() for n, t in after.items()} == ptrs
+    assert all(torch.equal(after[n], state[n]) for n in state)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
 
 
 @pytest.mark.parametrize("rank", [0, 3])
@@ -81,9 +92,10 @@ def test_output_dtypes_and_iteration_order(tiny_mlp, tiny_cfg):
     ref = m.reconstruct(bundle)
     assert list(ref) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
     for dtype in (torch.float16, torch.bfloat16):
-        out = m.reconstruct(bundle, dtype=dtype, verify=True)
-        assert all(t.dtype == dtype for t in out.values())
-        assert torch.equal(out["2.weight"], ref["2.weight"].to(dtype))
+        for verify in (True, False):  # decoded via a float32 scratch / cast block by block
+            out = m.reconstruct(bundle, dtype=dtype, verify=verify)
+            assert all(t.dtype == dtype for t in out.values())
+            assert all(torch.equal(out[n], ref[n].to(dtype)) for n in ref)
     some = list(m.iter_reconstruct(bundle, names={"4.bias", "0.weight"}))
     assert [n for n, _ in some] == ["0.weight", "4.bias"]
     assert torch.equal(some[0][1], ref["0.weight"])
@@ -159,3 +171,43 @@ def test_cpu_and_cuda_agree_within_the_fingerprint_tolerance(tiny_cfg):
     fresh = make_mlp().cuda()
     fresh.load_state_dict(m.reconstruct(bundle, device="cuda"), strict=True)
     assert torch.equal(fresh(x.cuda()), model(x.cuda()))
+
+
+def test_reconstruct_into_casts_and_handles_any_target_layout(tiny_mlp, tiny_cfg):
+    m.compress(tiny_mlp, tiny_cfg)
+    train_steps(tiny_mlp)
+    bundle = m.export_bundle(tiny_mlp)
+    ref = m.reconstruct(bundle)
+    for dtype in (torch.float16, torch.bfloat16):
+        for verify in (False, True):
+            fresh = make_mlp(seed=4).to(dtype)
+            m.reconstruct_into(bundle, fresh, verify=verify)
+            assert all(torch.equal(t, ref[n].to(dtype)) for n, t in fresh.state_dict().items())
+    # a plain mapping whose tensors are not contiguous (transposed storage) and float64
+    targets = {n: torch.empty(t.shape[::-1], dtype=torch.float64).t() for n, t in ref.items()}
+    assert not targets["0.weight"].is_contiguous()
+    m.reconstruct_into(bundle, targets, device="cpu", verify=True)
+    assert all(torch.equal(targets[n], ref[n].double()) for n in ref)
+
+
+def test_reconstruct_into_refuses_a_misfit_and_writes_nothing(tiny_mlp, tiny_cfg):
+    m.compress(tiny_mlp, tiny_cfg)
+    bundle = m.export_bundle(tiny_mlp)
+    other = make_mlp(seed=5, sizes=(16, 48, 32, 5))  # last layer differs in shape
+    before = {n: t.clone() for n, t in other.state_dict().items()}
+    with pytest.raises(m.ModelError, match=r"'4.weight' has shape \[5, 32\], the bundle's \[4, 32\]"):
+        m.reconstruct_into(bundle, other)
+    deeper = make_mlp(seed=5, sizes=(16, 48, 32, 32, 4))
+    with pytest.raises(m.ModelError, match=r"unexpected \['6.bias', '6.weight'\]"):
+        m.reconstruct_into(bundle, deeper)
+    with pytest.raises(m.ModelError, match=r"missing keys \['4.bias'\]"):
+        m.reconstruct_into(bundle, {n: t for n, t in make_mlp().state_dict().items() if n != "4.bias"})
+    assert all(torch.equal(t, before[n]) for n, t in other.state_dict().items())
+
+
+def test_reconstruct_into_verify_names_the_tampered_tensor(tiny_mlp, tiny_cfg):
+    m.compress(tiny_mlp, tiny_cfg)
+    bundle = m.export_bundle(tiny_mlp)
+    bundle.alpha[-1] += 0.5  # the last compressed tensor's codes
+    with pytest.raises(m.FingerprintMismatchError, match="4.weight"):
+        m.reconstruct_into(bundle, make_mlp(), verify=True)

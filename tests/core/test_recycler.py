@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
+import pytest
 import torch
 
 from mcnc_core import Bundle, MCNCConfig, iter_reconstruct, reconstruct
+from mcnc_core.hostmem import MIN_BYTES, OutputRecycler
 from mcnc_core.manifest import TensorEntry
-from mcnc_core.reconstruct import _OutputRecycler
 
 
 def _bundle(shapes: list[tuple[int, int]]) -> Bundle:
@@ -25,8 +28,8 @@ def _bundle(shapes: list[tuple[int, int]]) -> Bundle:
 
 
 def test_recycler_reuses_only_unreferenced_memory() -> None:
-    r = _OutputRecycler()
-    shape = (r.MIN_BYTES // 4 // 1024, 1024)
+    r = OutputRecycler()
+    shape = (MIN_BYTES // 4 // 1024, 1024)
     a = r.empty(shape)
     view = a[1:]
     del a
@@ -55,3 +58,49 @@ def test_iter_reconstruct_recycled_values_equal_kept() -> None:
     held = dict(iter_reconstruct(b))  # keeping them all: no aliasing between outputs
     ptrs = {t.data_ptr() for t in held.values()}
     assert len(ptrs) == 3 and all(torch.equal(held[n], kept[n]) for n in kept)
+
+
+def test_a_long_lived_recycler_reuses_memory_across_calls() -> None:
+    b = _bundle([(2048, 1024), (2048, 1024)])  # 8 MiB each
+    rec = OutputRecycler()
+    first = {n: (t.data_ptr(), t.clone()) for n, t in iter_reconstruct(b, recycler=rec)}
+    again = {n: t.data_ptr() for n, t in iter_reconstruct(b, recycler=rec) if torch.equal(t, first[n][1])}
+    assert len(again) == 2 and set(again.values()) <= {p for p, _ in first.values()}
+    assert rec.tracked_bytes <= rec.keep * 8 << 20
+
+
+def test_recycler_bounds() -> None:
+    shape = (MIN_BYTES // 4 // 1024, 1024)
+    rec = OutputRecycler(keep=2)
+    held = [rec.empty(shape) for _ in range(4)]  # all in use: fresh mappings, only two tracked
+    assert len({t.data_ptr() for t in held}) == 4 and rec.tracked_bytes == 2 * MIN_BYTES
+    capped = OutputRecycler(max_bytes=MIN_BYTES)
+    held += [capped.empty(shape), capped.empty(shape)]
+    assert capped.tracked_bytes == MIN_BYTES
+    off = OutputRecycler(max_bytes=0)
+    assert off.empty(shape).shape == shape and off.tracked_bytes == 0  # tracks nothing, still allocates
+    for bad in ({"keep": 0}, {"max_bytes": -1}):
+        with pytest.raises(ValueError, match="keep >= 1"):
+            OutputRecycler(**bad)
+
+
+def test_recycler_is_thread_safe() -> None:
+    """Threads sharing one recycler never get memory another thread still uses."""
+    rec = OutputRecycler(keep=4)
+    shape = (MIN_BYTES // 4 // 1024, 1024)
+    clobbered: list[tuple[int, float]] = []
+
+    def work(k: int) -> None:
+        for j in range(25):
+            t = rec.empty(shape)
+            t.fill_(k * 100 + j)
+            time.sleep(0.0005)  # let the others allocate meanwhile
+            if float(t[0, 0]) != k * 100 + j or float(t[-1, -1]) != k * 100 + j:
+                clobbered.append((k, j))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert clobbered == []

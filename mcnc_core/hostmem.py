@@ -1,0 +1,102 @@
+"""Host memory for large CPU reconstruction outputs: reuse what the consumer has dropped.
+
+Writing a newly allocated tensor costs a page fault per 4 KiB page on first touch (the kernel
+also zeroes the page). On virtual machines a fault can cost more than decoding the weights in
+it: measured 2.2-2.8 GB/s for ``torch.empty`` + ``fill_`` against 25-30 GB/s into mapped pages,
+while the decoder writes ~3.5 GB/s (docs/benchmarks.md). Tensors of a few MiB and more get fresh
+pages from glibc every time (above its mmap threshold), so a server that streams model after
+model out would pay that for every tensor of every request.
+
+:class:`OutputRecycler` hands out large outputs on private anonymous mappings and hands a
+mapping out again once nothing references it any more: already faulted in, no fault at all.
+
+Transparent huge pages (``MADV_HUGEPAGE``) were measured too and are not used: a huge-page fault
+was 7x faster when the kernel had recently freed huge pages, but 4x *slower* than ordinary pages
+(0.5-0.7 GB/s) on this VM once its balloon had reported the free 2 MiB blocks to the host.
+
+Tensors made here are ordinary CPU tensors over a Python ``mmap`` (``torch.frombuffer``): any
+view, copy or numpy array works; their storage cannot be resized (``resize_``).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import sys
+import threading
+
+import torch
+from torch import Tensor
+
+__all__ = ["MIN_BYTES", "OutputRecycler"]
+
+# Outputs from this size get a mapping; smaller ones come from torch's allocator, whose heap
+# (below glibc's mmap threshold) usually hands back warm pages anyway.
+MIN_BYTES = 4 << 20
+
+_HAVE_MAP = hasattr(mmap, "MAP_ANONYMOUS")
+
+
+def _new_mapping(nbytes: int) -> mmap.mmap:
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+class OutputRecycler:
+    """Large CPU tensors on anonymous mappings, each handed out again once nothing references it.
+
+    A mapping is reused only when nothing references it: every tensor, view, numpy array or
+    storage made from it holds the mapping (through the buffer protocol), so its reference count
+    is back to its baseline exactly when all of them are gone. At most ``keep`` mappings are
+    tracked, of at most ``max_bytes`` together (``None``: no byte bound), and a mapping is reused
+    only for a tensor of at least half its size: the memory held beyond what consumers themselves
+    keep is at most ``keep`` times the largest tensor, and at most ``max_bytes``.
+
+    One recycler per ``iter_reconstruct`` call (the default) reuses memory within that call; a
+    long-lived one (a server's, passed as ``recycler=``) also across calls. Thread-safe.
+
+    Raises:
+        ValueError: ``keep < 1`` or ``max_bytes < 0``.
+    """
+
+    def __init__(self, keep: int = 3, max_bytes: int | None = None) -> None:
+        if keep < 1 or (max_bytes is not None and max_bytes < 0):
+            raise ValueError(f"need keep >= 1 and max_bytes >= 0, got keep={keep}, max_bytes={max_bytes}")
+        self.keep, self.max_bytes = keep, max_bytes
+        self._lock = threading.Lock()
+        self._maps: list[mmap.mmap] = []
+        if _HAVE_MAP:  # references to a tracked mapping nothing else holds, as ``_refs`` counts them
+            self._maps.append(_new_mapping(mmap.PAGESIZE))
+            self._baseline = self._refs(0)
+            self._maps.clear()
+
+    def _refs(self, i: int) -> int:
+        return sys.getrefcount(self._maps[i])
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """Same contract as ``torch.empty(shape, dtype=dtype)`` (contiguous, CPU, uninitialised).
+
+        Outputs under ``MIN_BYTES``, and all outputs where anonymous mappings do not exist, come
+        from ``torch.empty``.
+        """
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes < MIN_BYTES or not _HAVE_MAP:
+            return torch.empty(shape, dtype=dtype)
+        with self._lock:  # a mapping at its baseline can gain references only here
+            for i in range(len(self._maps)):  # no loop variable bound to a mapping: it would count
+                if nbytes <= len(self._maps[i]) <= 2 * nbytes and self._refs(i) == self._baseline:
+                    return torch.frombuffer(self._maps[i], dtype=dtype, count=count).view(shape)
+            buf = _new_mapping(nbytes)
+            self._maps.append(buf)
+            # Forget the oldest beyond the bounds (their tensors, if any, keep them alive).
+            while len(self._maps) > self.keep or (
+                self.max_bytes is not None and sum(map(len, self._maps)) > self.max_bytes
+            ):
+                del self._maps[0]
+            return torch.frombuffer(buf, dtype=dtype, count=count).view(shape)
+
+    @property
+    def tracked_bytes(self) -> int:
+        """Bytes of the mappings tracked for reuse (in use or not)."""
+        with self._lock:
+            return sum(map(len, self._maps))
