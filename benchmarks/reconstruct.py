@@ -8,9 +8,13 @@ One run (issue 2 §5):
    cost of writing a newly allocated output, page faults included — what ``reconstruct`` must pay
    for every tensor it returns);
 2. reconstructs a ~100M-parameter MCNC bundle (default config, full mode, random but real codes)
-   with ``iter_reconstruct`` (each tensor dropped as soon as it is yielded) and ``reconstruct``
-   (all tensors kept), and prints params/s and the fraction of the limit
-   ``min(GEMM FLOP/s / (flops_per_chunk / chunk_size), write bandwidth / 4 bytes)``;
+   four ways and prints params/s and the fraction of the limit
+   ``min(GEMM FLOP/s / (flops_per_chunk / chunk_size), write bandwidth / 4 bytes)`` for each:
+   ``iter_reconstruct`` as a one-off call (each tensor dropped as soon as the next is asked for;
+   the first outputs are new memory), ``iter_reconstruct`` with a long-lived recycler (how the
+   server streams: dropped outputs of earlier requests are reused), ``reconstruct_into`` an
+   existing model's tensors (how the client loads a model), and ``reconstruct`` (all tensors
+   kept: every output is new memory);
 3. reconstructs NOLA- and PRANC-style models storing the same number of numbers and prints
    MCNC's speed ratio over each (PRANC, and NOLA beyond ``--nola-layers``, are extrapolated
    from measured slices; the output says so and how).
@@ -40,10 +44,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcnc_core import Bundle, MCNCConfig, iter_reconstruct, reconstruct
+from mcnc_core import Bundle, MCNCConfig, iter_reconstruct, reconstruct, reconstruct_into
+from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.manifest import TensorEntry
 
 BYTES_PER_PARAM = 4  # float32 output
+# Ways of reconstructing that are measured; "compute_only" is the decoding kernel alone.
+KINDS = ("iter", "iter_shared", "into", "reconstruct", "compute_only")
 
 
 # --------------------------------------------------------------------------- machine probes
@@ -168,9 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pranc_coeffs = 1 << 10 if quick else 1 << 11
     batch = 1 << 22  # random numbers generated per batch by the baselines (16 MiB)
 
-    samples: dict[str, list[float]] = {
-        k: [] for k in ("gemm", "bw_warm", "bw_fresh", "iter", "reconstruct", "compute_only", "nola", "pranc")
-    }
+    samples: dict[str, list[float]] = {k: [] for k in ("gemm", "bw_warm", "bw_fresh", *KINDS, "nola", "pranc")}
     # compute-only: decode every tensor into one reused, already-touched buffer (no page faults)
     from mcnc_core.decode import decode_tensor_into
     from mcnc_core.reconstruct import _generator
@@ -189,6 +194,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _name, _t in iter_reconstruct(bundle):
             pass
 
+    recycler = OutputRecycler()  # the server keeps one for all its reconstructions
+
+    def consume_shared() -> None:
+        for _name, _t in iter_reconstruct(bundle, recycler=recycler):
+            pass
+
+    model_state = {e.name: torch.zeros(e.shape) for e in bundle.manifest}  # a constructed model's tensors
+
+    def into() -> None:
+        reconstruct_into(bundle, model_state)
+
     def keep() -> None:
         state = reconstruct(bundle)
         assert len(state) == len(bundle.manifest)
@@ -200,14 +216,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def pranc() -> None:
         pranc_slice(pranc_coeffs, pranc_params, seed=0, batch_elems=batch)
 
-    consume()  # warm up: generator cache, thread pool
+    runs = {"iter": consume, "iter_shared": consume_shared, "into": into, "reconstruct": keep}
+    runs["compute_only"] = compute_only
+    consume_shared()  # warm up: generator cache, thread pool (and the long-lived recycler)
     for _ in range(args.repeats):
         samples["gemm"].append(gemm_flops(gemm_n, 3))
         samples["bw_warm"].append(write_bandwidth_warm(warm_buf, 3))
         samples["bw_fresh"].append(write_bandwidth_fresh(bw_numel, 3))
-        samples["iter"].append(_timed(consume))
-        samples["reconstruct"].append(_timed(keep))
-        samples["compute_only"].append(_timed(compute_only))
+        for kind, fn in runs.items():
+            samples[kind].append(_timed(fn))
         samples["nola"].append(_timed(nola))
         samples["pranc"].append(_timed(pranc))
     med = {k: statistics.median(v) for k, v in samples.items()}
@@ -219,14 +236,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     limit_new_memory = min(limit_gemm, limit_fresh)  # same, charging page faults of new outputs
     nola_pps = sum(r * c for r, c in shapes[:nola_layers]) / med["nola"]
     pranc_pps = pranc_coeffs * pranc_params / (med["pranc"] * stored)
-    speed = {k: P / med[k] for k in ("iter", "reconstruct", "compute_only")}
+    speed = {k: P / med[k] for k in KINDS}
     # the same fractions taken within each repeat (ours and the limit measured moments apart)
     per_repeat = {
         k: statistics.median(
             P / t / min(g / flops_per_param, bw / BYTES_PER_PARAM)
             for t, g, bw in zip(samples[k], samples["gemm"], samples["bw_warm"], strict=True)
         )
-        for k in ("iter", "reconstruct", "compute_only")
+        for k in KINDS
     }
     return {
         "quick": quick,
@@ -245,12 +262,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "limit_gemm_params_per_s": limit_gemm,
         "limit_bw_params_per_s": limit_warm,
         "limit_new_memory_params_per_s": limit_new_memory,
-        "mcnc_iter_params_per_s": speed["iter"],
-        "mcnc_reconstruct_params_per_s": speed["reconstruct"],
-        "mcnc_compute_only_params_per_s": speed["compute_only"],
-        "fraction_iter": speed["iter"] / limit,
-        "fraction_reconstruct": speed["reconstruct"] / limit,
-        "fraction_compute_only": speed["compute_only"] / limit,
+        **{f"mcnc_{k}_params_per_s": speed[k] for k in KINDS},
+        **{f"fraction_{k}": speed[k] / limit for k in KINDS},
         "fraction_iter_new_memory": speed["iter"] / limit_new_memory,
         "fraction_per_repeat_median": per_repeat,
         "nola_params_per_s": nola_pps,
@@ -284,6 +297,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+LABELS = {
+    "iter": "MCNC iter_reconstruct, one-off call",
+    "iter_shared": "MCNC iter_reconstruct, long-lived recycler (server)",
+    "into": "MCNC reconstruct_into a model (client load)",
+    "reconstruct": "MCNC reconstruct (all kept, new memory)",
+    "compute_only": "MCNC decode, reused buffer (the kernel)",
+}
+
+
 def report(r: dict[str, Any]) -> str:
     m = r["machine"]
 
@@ -300,11 +322,9 @@ def report(r: dict[str, Any]) -> str:
         ("limit: GEMM term", rate(r["limit_gemm_params_per_s"])),
         ("limit: write term (warm BW / 4 B)", rate(r["limit_bw_params_per_s"])),
         ("LIMIT min(GEMM, warm BW)", rate(r["limit_params_per_s"])),
-        ("MCNC iter_reconstruct", f"{rate(r['mcnc_iter_params_per_s'])}  = {r['fraction_iter']:.2f} of limit"),
-        ("MCNC reconstruct", f"{rate(r['mcnc_reconstruct_params_per_s'])}  = {r['fraction_reconstruct']:.2f} of limit"),
-        (
-            "MCNC decode, reused buffer (no faults)",
-            f"{rate(r['mcnc_compute_only_params_per_s'])}  = {r['fraction_compute_only']:.2f} of limit",
+        *(
+            (label, f"{rate(r[f'mcnc_{k}_params_per_s'])}  = {r[f'fraction_{k}']:.2f} of limit")
+            for k, label in LABELS.items()
         ),
         (
             "fractions within each repeat (median)",
