@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,15 +125,33 @@ def test_generator_weights_unchanged() -> None:
 
 
 def test_no_grad_scaled_hidden_matches_reference_formula() -> None:
-    """The in-place no-grad path gives the bits of the plain formula (so old bundles are unchanged)."""
+    """The in-place no-grad path gives the bits of the plain formula (CPU sine: numpy's), and
+    torch's sine would give the same weights within a few float32 ulps."""
     gen = Generator(SPEC)
     alpha, beta, _ = _codes((2000, 1000), 0, seed=3)
-    x = alpha
-    for i in range(SPEC.depth):
-        x = torch.sin(torch.addmm(getattr(gen, f"b{i}"), x, getattr(gen, f"w{i}").t()))
-    expected = x * (beta * torch.rsqrt(((x @ gen.gram) * x).sum(dim=1).clamp_min(1e-30)))[:, None]
+
+    def formula(sin) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        x = alpha
+        for i in range(SPEC.depth):
+            x = sin(torch.addmm(getattr(gen, f"b{i}"), x, getattr(gen, f"w{i}").t()))
+        return x * (beta * torch.rsqrt(((x @ gen.gram) * x).sum(dim=1).clamp_min(1e-30)))[:, None]
+
+    expected = formula(lambda t: torch.from_numpy(np.sin(t.numpy())))
     with torch.no_grad():
-        assert torch.equal(gen.scaled_hidden(alpha, beta), expected)
+        got = gen.scaled_hidden(alpha, beta)
+    assert torch.equal(got, expected)
+    torch_sine = formula(torch.sin)
+    assert torch.allclose(got, torch_sine, rtol=1e-5, atol=1e-7)  # both ~1 ulp from the true sine
+
+
+def test_training_sine_has_the_gradient_of_sin() -> None:
+    from mcnc_core.generator import _Sin
+
+    x = (torch.rand(64, 16, dtype=torch.float32) * 20 - 10).requires_grad_()
+    y = _Sin.apply(x)
+    assert torch.equal(y.detach(), torch.from_numpy(np.sin(x.detach().numpy())))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g, torch.cos(x.detach()))
 
 
 def _decode_in_child(q) -> None:  # type: ignore[no-untyped-def]
