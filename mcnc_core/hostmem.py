@@ -2,16 +2,16 @@
 
 Writing a newly allocated tensor costs a page fault per 4 KiB page on first touch (the kernel
 also zeroes the page). On virtual machines a fault can cost more than decoding the weights in
-it: measured 2.2-2.8 GB/s for ``torch.empty`` + ``fill_`` against 25-30 GB/s into mapped pages,
-while the decoder writes ~3.5 GB/s (docs/benchmarks.md). Tensors of a few MiB and more get fresh
-pages from glibc every time (above its mmap threshold), so a server that streams model after
-model out would pay that for every tensor of every request.
+it: measured 2.2-4 GB/s for ``torch.empty`` + ``fill_`` against 25-34 GB/s into mapped pages,
+while the decoder writes ~4 GB/s (docs/benchmarks.md). Tensors above glibc's mmap threshold (it
+grows up to 32 MiB) get fresh pages every time, so a server that streams model after model out
+would pay that for every tensor of every request.
 
 :class:`OutputRecycler` hands out large outputs on private anonymous mappings and hands a
 mapping out again once nothing references it any more: already faulted in, no fault at all.
 
 Transparent huge pages (``MADV_HUGEPAGE``) were measured too and are not used: a huge-page fault
-was 7x faster when the kernel had recently freed huge pages, but 4x *slower* than ordinary pages
+was 5-10x faster when the kernel had recently freed huge pages, but 4x *slower* than ordinary pages
 (0.5-0.7 GB/s) on this VM once its balloon had reported the free 2 MiB blocks to the host.
 
 Tensors made here are ordinary CPU tensors over a Python ``mmap`` (``torch.frombuffer``): any
