@@ -171,6 +171,18 @@ def test_cpu_and_cuda_agree_within_the_fingerprint_tolerance(tiny_cfg):
     fresh = make_mlp().cuda()
     fresh.load_state_dict(m.reconstruct(bundle, device="cuda"), strict=True)
     assert torch.equal(fresh(x.cuda()), model(x.cuda()))
+    # straight into a CUDA model (float32 and half), and decoded on CPU into a CUDA model
+    into = make_mlp(seed=3).cuda()
+    m.reconstruct_into(bundle, into, verify=True)
+    assert torch.equal(into(x.cuda()), model(x.cuda()))
+    half = make_mlp(seed=3).cuda().half()
+    m.reconstruct_into(bundle, half)
+    assert all(torch.equal(t, fresh.state_dict()[n].half()) for n, t in half.state_dict().items())
+    m.reconstruct_into(bundle, into, device="cpu")
+    assert all(torch.equal(t.cpu(), cpu[n]) for n, t in into.state_dict().items())
+    # half-precision streams: cast block by block on the GPU, the cast of the float32 weights
+    for n, t in m.iter_reconstruct(bundle, device="cuda", dtype=torch.float16):
+        assert torch.equal(t, gpu[n].half())
 
 
 def test_reconstruct_into_casts_and_handles_any_target_layout(tiny_mlp, tiny_cfg):
