@@ -228,16 +228,18 @@ def reconstruct_into(
         verify, verify_base: as for ``reconstruct``.
 
     Raises:
-        ModelError: the target's keys differ from the bundle's (both lists named) or a shape
-            differs; nothing has been written.
+        ModelError: the target's keys differ from the bundle's (missing and unexpected keys
+            named as by ``load_state_dict``) or a shape differs; nothing has been written.
         BaseMismatchError: as ``reconstruct``; nothing has been written.
         FingerprintMismatchError: with ``verify``; the tensors before the one named were written.
     """
     targets = target.state_dict() if isinstance(target, nn.Module) else target
     names = [e.name for e in bundle.manifest]
-    missing, unexpected = sorted(set(names) - set(targets)), sorted(set(targets) - set(names))
+    # As load_state_dict names them: missing = the target's keys the bundle lacks, unexpected =
+    # the bundle's keys the target lacks.
+    missing, unexpected = sorted(set(targets) - set(names)), sorted(set(names) - set(targets))
     if missing or unexpected:
-        raise ModelError(f"target does not fit the bundle: missing keys {missing[:10]}, unexpected {unexpected[:10]}")
+        raise ModelError(f"bundle does not fit the target: missing keys {missing[:10]}, unexpected {unexpected[:10]}")
     for e in bundle.manifest:
         have = tuple(targets[e.name].shape)
         if have != e.shape:
