@@ -194,7 +194,10 @@ class AsyncClient(BaseClient):
             ref: ``name``, ``name:tag``, ``sha256:<hex>`` or a 64-hex digest.
             device: where to reconstruct (``"cpu"``, ``"cuda"``).
             dtype: output dtype for floating tensors (``"float16"``, ``torch.bfloat16``, ...).
-            model: if given, the weights are loaded into it with ``strict=True``.
+            model: if given, the weights are loaded into it with ``strict=True``; without a
+                ``dtype`` they are decoded straight into its tensors (no second copy) and the
+                returned dict is ``model.state_dict()``, aliasing them. If verification fails
+                then, the tensors up to the one named have been overwritten.
             verify: check the reconstruction against the bundle's fingerprint.
 
         Returns:

@@ -35,6 +35,9 @@ _TARGET_BLOCKS = 8  # aim for this many blocks per tensor between the bounds
 _ROW_QUANTUM = 16
 
 
+_EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def block_chunks(chunk_size: int, device: torch.device, n_chunks: int) -> int:
     """Rows (chunks) per decoding block for a tensor of ``n_chunks`` chunks on ``device``.
 
@@ -224,21 +227,28 @@ def decode_tensor_into(
     step = block_chunks(d, alpha.device, alpha.shape[0])
     numel = out.numel()
     flat = out.view(-1)
-    base_flat = None if base is None else base.reshape(-1)
+    base_flat = None
+    if base is not None:
+        # Training adds ``base.to(float32)``: a float64 base is rounded first; float16/bfloat16
+        # upcast exactly inside the add, no copy needed.
+        base_flat = (base if base.dtype in _EXACT_IN_FLOAT32 else base.to(torch.float32)).reshape(-1)
+    # A base sharing memory with ``out`` (a delta applied in place) must be read before each
+    # block's slot is written: such blocks are decoded aside and copied in.
+    aliased = base_flat is not None and base_flat.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
 
     def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)
         hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
         # The GEMM writes straight into ``out`` unless the block is the padded last one (same GEMM
-        # shape as training, keep the used part) or ``out`` is not float32.
-        into = out.dtype == torch.float32 and hs.shape[0] == rows and hi == lo + rows * d
+        # shape as training, keep the used part), ``out`` is not float32 or holds the base.
+        into = out.dtype == torch.float32 and hs.shape[0] == rows and hi == lo + rows * d and not aliased
         if into:
             w = torch.matmul(hs, gen.w_out_t, out=flat[lo:hi].view(rows, d)).view(-1)
         else:
             w = (hs @ gen.w_out_t).view(-1)[: hi - lo]
         if base_flat is not None:
-            w.add_(base_flat[lo:hi])  # float32 += base (upcast exactly, as training's base.float())
+            w.add_(base_flat[lo:hi])
         if not into:
             flat[lo:hi].copy_(w)
 

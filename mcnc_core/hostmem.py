@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import sys
 import threading
+import weakref
 
 import torch
 from torch import Tensor
@@ -34,7 +36,18 @@ __all__ = ["MIN_BYTES", "OutputRecycler"]
 # (below glibc's mmap threshold) usually hands back warm pages anyway.
 MIN_BYTES = 4 << 20
 
-_HAVE_MAP = hasattr(mmap, "MAP_ANONYMOUS")
+_HAVE_MAP = hasattr(mmap, "MAP_ANONYMOUS") and hasattr(mmap, "MADV_DONTNEED")
+_LIVE: weakref.WeakSet[OutputRecycler] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    # A child forked while another thread held a recycler's lock would wait on it forever.
+    for r in list(_LIVE):
+        r._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _new_mapping(nbytes: int) -> mmap.mmap:
@@ -47,9 +60,11 @@ class OutputRecycler:
     A mapping is reused only when nothing references it: every tensor, view, numpy array or
     storage made from it holds the mapping (through the buffer protocol), so its reference count
     is back to its baseline exactly when all of them are gone. At most ``keep`` mappings are
-    tracked, of at most ``max_bytes`` together (``None``: no byte bound), and a mapping is reused
-    only for a tensor of at least half its size: the memory held beyond what consumers themselves
-    keep is at most ``keep`` times the largest tensor, and at most ``max_bytes``.
+    tracked, of at most ``max_bytes`` together (``None``: no byte bound; a larger tensor is never
+    tracked), so the memory held beyond what consumers themselves keep is at most ``keep`` times
+    the largest tensor, and at most ``max_bytes``. A mapping is reused for a tensor of at least
+    half its size, and the pages past that tensor's end are released first (``MADV_DONTNEED``):
+    a tensor never holds more resident memory than its own bytes.
 
     One recycler per ``iter_reconstruct`` call (the default) reuses memory within that call; a
     long-lived one (a server's, passed as ``recycler=``) also across calls. Thread-safe.
@@ -62,7 +77,9 @@ class OutputRecycler:
         if keep < 1 or (max_bytes is not None and max_bytes < 0):
             raise ValueError(f"need keep >= 1 and max_bytes >= 0, got keep={keep}, max_bytes={max_bytes}")
         self.keep, self.max_bytes = keep, max_bytes
+        self.reused = 0  # outputs handed out on a dropped output's memory
         self._lock = threading.Lock()
+        _LIVE.add(self)
         self._maps: list[mmap.mmap] = []
         if _HAVE_MAP:  # references to a tracked mapping nothing else holds, as ``_refs`` counts them
             self._maps.append(_new_mapping(mmap.PAGESIZE))
@@ -85,14 +102,19 @@ class OutputRecycler:
         with self._lock:  # a mapping at its baseline can gain references only here
             for i in range(len(self._maps)):  # no loop variable bound to a mapping: it would count
                 if nbytes <= len(self._maps[i]) <= 2 * nbytes and self._refs(i) == self._baseline:
+                    end = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+                    if end < len(self._maps[i]):  # a larger tensor's pages past this one's end
+                        self._maps[i].madvise(mmap.MADV_DONTNEED, end, len(self._maps[i]) - end)
+                    self.reused += 1
                     return torch.frombuffer(self._maps[i], dtype=dtype, count=count).view(shape)
             buf = _new_mapping(nbytes)
-            self._maps.append(buf)
-            # Forget the oldest beyond the bounds (their tensors, if any, keep them alive).
-            while len(self._maps) > self.keep or (
-                self.max_bytes is not None and sum(map(len, self._maps)) > self.max_bytes
-            ):
-                del self._maps[0]
+            if self.max_bytes is None or nbytes <= self.max_bytes:
+                self._maps.append(buf)
+                # Forget the oldest beyond the bounds (their tensors, if any, keep them alive).
+                while len(self._maps) > self.keep or (
+                    self.max_bytes is not None and sum(map(len, self._maps)) > self.max_bytes
+                ):
+                    del self._maps[0]
             return torch.frombuffer(buf, dtype=dtype, count=count).view(shape)
 
     @property

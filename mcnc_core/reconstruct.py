@@ -145,7 +145,9 @@ def iter_reconstruct(
     Compressed tensors are computed in float32 on ``device`` and cast to the output dtype.
     Memory: the tensors the consumer still holds, the one being decoded (plus a float32 copy
     when low rank, or when casting with ``verify``) and one decoding block per worker; on CPU the
-    recycler keeps up to three dropped outputs' mappings for reuse (``mcnc_core.hostmem``).
+    recycler keeps up to its ``keep`` (three by default) outputs' mappings for reuse once dropped
+    (``mcnc_core.hostmem``). Outputs of 4 MiB and more live on those mappings: ordinary tensors,
+    except that their storage cannot be resized.
 
     Args:
         bundle: the bundle.
@@ -213,11 +215,13 @@ def reconstruct_into(
 ) -> None:
     """Decode a bundle straight into existing tensors: a model's parameters and buffers.
 
-    The values of ``target.load_state_dict(reconstruct(bundle), strict=True)`` (cast to each
-    target tensor's dtype) without a second copy of the weights: each compressed tensor is
-    decoded into its target's own memory (already mapped: no page faults), through a recycled
-    float32 scratch only where the target is on another device, not contiguous, or (with
-    ``verify``) not float32.
+    The values of ``target.load_state_dict(reconstruct(bundle), strict=True)`` without a second
+    copy of the weights: each compressed tensor is decoded into its target's own memory (already
+    mapped: no page faults) when the target is contiguous, on the decoding device and float32 or
+    of the tensor's stored dtype (with ``verify``: float32); otherwise through a recycled float32
+    scratch, rounded to the stored dtype first (as ``reconstruct`` does), then copied in. A target may
+    hold the delta's own base (``base=model.state_dict()``): each base value is read before it is
+    overwritten.
 
     Args:
         bundle: the bundle.
@@ -229,9 +233,11 @@ def reconstruct_into(
 
     Raises:
         ModelError: the target's keys differ from the bundle's (missing and unexpected keys
-            named as by ``load_state_dict``) or a shape differs; nothing has been written.
+            named as by ``load_state_dict``), a shape differs, or a target tensor is on the meta
+            device (no memory to write into); nothing has been written.
         BaseMismatchError: as ``reconstruct``; nothing has been written.
-        FingerprintMismatchError: with ``verify``; the tensors before the one named were written.
+        FingerprintMismatchError: with ``verify``; the tensors before the one named, and possibly
+            that one, have been written.
     """
     targets = target.state_dict() if isinstance(target, nn.Module) else target
     names = [e.name for e in bundle.manifest]
@@ -241,9 +247,11 @@ def reconstruct_into(
     if missing or unexpected:
         raise ModelError(f"bundle does not fit the target: missing keys {missing[:10]}, unexpected {unexpected[:10]}")
     for e in bundle.manifest:
-        have = tuple(targets[e.name].shape)
-        if have != e.shape:
-            raise ModelError(f"target tensor {e.name!r} has shape {list(have)}, the bundle's {list(e.shape)}")
+        t = targets[e.name]
+        if tuple(t.shape) != e.shape:
+            raise ModelError(f"target tensor {e.name!r} has shape {list(t.shape)}, the bundle's {list(e.shape)}")
+        if t.is_meta:
+            raise ModelError(f"target tensor {e.name!r} is on the meta device: materialise it first (to_empty)")
     check_base(bundle, base, verify_digest=verify_base)
     recycler = OutputRecycler()
     with torch.no_grad(), _full_fp32_matmul():
@@ -254,7 +262,18 @@ def reconstruct_into(
                 continue
             dev = dst.device if device is None else _device(device)
             gen = _generator(bundle.spec, dev)
-            if dst.device == dev and dst.is_contiguous() and (dst.dtype == torch.float32 or not verify):
+            stored = DTYPE_TO_TORCH[e.dtype]
+            # Straight in when one rounding (float32 -> the target's dtype) is what reconstruct +
+            # load_state_dict would give, and the fingerprint, if checked, sees float32 values.
+            one_rounding = stored == torch.float32 or dst.dtype == stored
+            if (
+                dst.device == dev
+                and dst.is_contiguous()
+                and one_rounding
+                and (dst.dtype == torch.float32 or not verify)
+            ):
                 _decode(bundle, index, e, gen, base, dst, verify)
-            else:
-                dst.copy_(_decode(bundle, index, e, gen, base, _allocator(dev, recycler)(e.shape), verify))
+                continue
+            empty = _allocator(dev, recycler)
+            t32 = _decode(bundle, index, e, gen, base, empty(e.shape), verify)
+            dst.copy_(t32 if stored == torch.float32 else empty(e.shape, stored).copy_(t32))

@@ -94,7 +94,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().to("cpu").contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(torch.uint8).reshape(-1).numpy())
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # 1-d first: 0-dim tensors too
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from torch import Tensor
@@ -59,14 +58,13 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def numerics_profile(device: torch.device) -> str:
-    """What decides the last bits of a reconstruction: device kind/name, the CPU's vector ISA as torch
-    dispatches it, and the versions of torch, numpy (the CPU sine) and mcnc_core (the decoder)."""
+    """What decides the last bits of a reconstruction: device kind/name, on CPU the vector ISA torch
+    dispatches (its kernels, MKL's among them, differ by ISA), and the torch and mcnc versions."""
     mcnc = f"mcnc-{mcnc_core.__version__}"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"cuda/{name}/cuda-{torch.version.cuda}/torch-{torch.__version__}/{mcnc}"
-    isa = torch.backends.cpu.get_cpu_capability()
-    return f"cpu/torch-{torch.__version__}/{isa}/numpy-{np.__version__}/{mcnc}"
+    return f"cpu/torch-{torch.__version__}/{torch.backends.cpu.get_cpu_capability()}/{mcnc}"
 
 
 @dataclass(frozen=True)

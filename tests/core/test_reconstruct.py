@@ -223,3 +223,52 @@ def test_reconstruct_into_verify_names_the_tampered_tensor(tiny_mlp, tiny_cfg):
     bundle.alpha[-1] += 0.5  # the last compressed tensor's codes
     with pytest.raises(m.FingerprintMismatchError, match="4.weight"):
         m.reconstruct_into(bundle, make_mlp(), verify=True)
+
+
+def test_reconstruct_into_a_model_holding_its_own_base(tiny_cfg):
+    """``reconstruct_into(model, base=model.state_dict())`` applies a delta in place."""
+    tuned = m.compress(make_mlp(), _cfg(tiny_cfg, mode="delta", trainable=("4.bias",)))
+    train_steps(tuned)
+    bundle = m.export_bundle(tuned)
+    expected = m.reconstruct(bundle, base=make_mlp().state_dict())
+    model = make_mlp()  # the base weights, about to become the tuned ones
+    m.reconstruct_into(bundle, model, base=model.state_dict(), verify=True)
+    assert all(torch.equal(t, expected[n]) for n, t in model.state_dict().items())
+
+
+def test_reconstruct_into_rounds_like_load_state_dict(tiny_cfg):
+    """A float16 bundle loaded into a float32 model holds float16 values, as load_state_dict does."""
+    model = m.compress(make_mlp(), tiny_cfg)
+    train_steps(model)
+    bundle = m.export_bundle(model.half())
+    expected = make_mlp(seed=2)
+    expected.load_state_dict(m.reconstruct(bundle), strict=True)
+    for verify in (False, True):
+        fresh = make_mlp(seed=2)
+        m.reconstruct_into(bundle, fresh, verify=verify)
+        assert all(torch.equal(t, expected.state_dict()[n]) for n, t in fresh.state_dict().items())
+
+
+def test_reconstruct_into_refuses_meta_tensors(tiny_mlp, tiny_cfg):
+    m.compress(tiny_mlp, tiny_cfg)
+    bundle = m.export_bundle(tiny_mlp)
+    with torch.device("meta"):
+        ghost = make_mlp()
+    with pytest.raises(m.ModelError, match="'0.weight' is on the meta device"):
+        m.reconstruct_into(bundle, ghost)
+
+
+def test_batchnorm_model_round_trips(tiny_cfg):
+    """0-dim buffers (BatchNorm's int64 num_batches_tracked) travel raw (regression: export failed)."""
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+
+    model = m.compress(net(), tiny_cfg)
+    train_steps(model)  # training mode: running stats and num_batches_tracked move
+    model.eval()
+    assert int(model[1].num_batches_tracked) == 3
+    fresh = net().eval()
+    _roundtrip(model, fresh, torch.randn(5, 16))
+    assert int(fresh[1].num_batches_tracked) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,10 +64,42 @@ def test_iter_reconstruct_recycled_values_equal_kept() -> None:
 def test_a_long_lived_recycler_reuses_memory_across_calls() -> None:
     b = _bundle([(2048, 1024), (2048, 1024)])  # 8 MiB each
     rec = OutputRecycler()
-    first = {n: (t.data_ptr(), t.clone()) for n, t in iter_reconstruct(b, recycler=rec)}
-    again = {n: t.data_ptr() for n, t in iter_reconstruct(b, recycler=rec) if torch.equal(t, first[n][1])}
-    assert len(again) == 2 and set(again.values()) <= {p for p, _ in first.values()}
+    first = {n: t.clone() for n, t in iter_reconstruct(b, recycler=rec)}
+    assert rec.reused == 0  # w0 is held by the loop while w1 is decoded
+    again = {n: torch.equal(t, first[n]) for n, t in iter_reconstruct(b, recycler=rec)}
+    assert again == {"w0": True, "w1": True} and rec.reused == 2
     assert rec.tracked_bytes <= rec.keep * 8 << 20
+
+
+def test_a_smaller_tensor_on_a_larger_mapping() -> None:
+    rec = OutputRecycler()
+    big = rec.empty((MIN_BYTES // 1024, 1024 // 4 * 2))  # 2 x MIN_BYTES of float32
+    big.fill_(7.0)
+    del big
+    small = rec.empty((MIN_BYTES // 1024 + 3, 1024 // 4 * 1 + 1), torch.float32)  # ~1.0x: reuses, tail released
+    assert rec.reused == 1 and small.numel() * 4 > MIN_BYTES
+    small.fill_(1.0)
+    assert float(small.sum()) == small.numel()
+    rss = _rss_kib(small.data_ptr())
+    if rss is not None:  # Linux: the big tensor's pages past the small one's end were released
+        assert rss * 1024 <= small.numel() * 4 + 2 * 4096, rss
+
+
+def _rss_kib(ptr: int) -> int | None:
+    """Resident KiB of the mapping that contains address ``ptr`` (None without /proc)."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= ptr < hi
+        elif inside and head == "Rss:":
+            return int(line.split()[1])
+    return None
 
 
 def test_recycler_bounds() -> None:
@@ -76,6 +109,8 @@ def test_recycler_bounds() -> None:
     assert len({t.data_ptr() for t in held}) == 4 and rec.tracked_bytes == 2 * MIN_BYTES
     capped = OutputRecycler(max_bytes=MIN_BYTES)
     held += [capped.empty(shape), capped.empty(shape)]
+    assert capped.tracked_bytes == MIN_BYTES
+    held.append(capped.empty((2 * shape[0], shape[1])))  # larger than the cap: never tracked
     assert capped.tracked_bytes == MIN_BYTES
     off = OutputRecycler(max_bytes=0)
     assert off.empty(shape).shape == shape and off.tracked_bytes == 0  # tracks nothing, still allocates

@@ -35,7 +35,7 @@ def test_weights_equal_reconstruct(client, tiny, named):
     meta = _header(r.content)["__metadata__"]
     assert meta["format"] == "pt" and meta["bundle_sha256"] == named
     assert r.headers["x-mcnc-bundle-digest"] == f"sha256:{named}"
-    assert r.headers["x-mcnc-numerics"].startswith("cpu/torch-") and "/numpy-" in r.headers["x-mcnc-numerics"]
+    assert r.headers["x-mcnc-numerics"].startswith("cpu/torch-") and "/mcnc-" in r.headers["x-mcnc-numerics"]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
