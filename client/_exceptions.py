@@ -6,7 +6,7 @@
     ├── OfflineError                 offline mode and the cache lacks what is needed
     ├── ConnectionFailedError        the server could not be reached (after retries)
     ├── IntegrityError               size, sha256 or fingerprint check failed
-    ├── StateDictMismatchError       load(model=...) found missing/unexpected keys or other shapes
+    ├── StateDictMismatchError       load(model=...): missing/unexpected keys, other shapes, meta tensors
     └── APIError                     the server answered with an error envelope
         ├── BadRequestError          400/422 invalid_request
         │   ├── InvalidBundleError   422 invalid_bundle
@@ -72,14 +72,23 @@ class IntegrityError(MCNCClientError):
 
 
 class StateDictMismatchError(MCNCClientError):
-    """``load(model=...)``: the reconstructed keys or shapes do not match the model's."""
+    """``load(model=...)``: the reconstructed keys or shapes do not match the model's, or the model
+    has meta tensors (nothing to write into)."""
 
-    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str] | None = None) -> None:
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched or []
+    def __init__(
+        self,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[str] | None = None,
+        meta: list[str] | None = None,
+    ) -> None:
+        self.missing, self.unexpected = missing, unexpected
+        self.mismatched, self.meta = mismatched or [], meta or []
         shapes = f", shapes differ for {self.mismatched[:10]}" if self.mismatched else ""
+        ghosts = f", on the meta device (no memory; materialise with to_empty): {self.meta[:10]}" if self.meta else ""
         super().__init__(
             f"reconstructed state dict does not fit the model: missing keys {missing[:10]}, "
-            f"unexpected keys {unexpected[:10]}{shapes}"
+            f"unexpected keys {unexpected[:10]}{shapes}{ghosts}"
         )
 
 

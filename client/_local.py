@@ -55,8 +55,9 @@ def reconstruct_local(
         names = {e.name for e in bundle.manifest}
         missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
         mismatched = [e.name for e in bundle.manifest if e.name in own and tuple(own[e.name].shape) != e.shape]
-        if missing or unexpected or mismatched:
-            raise StateDictMismatchError(missing, unexpected, mismatched)
+        meta = [e.name for e in bundle.manifest if e.name in own and own[e.name].is_meta]
+        if missing or unexpected or mismatched or meta:
+            raise StateDictMismatchError(missing, unexpected, mismatched, meta)
     try:
         # Cached bases were checked against their digest when they entered the cache.
         if model is not None and dtype is None:

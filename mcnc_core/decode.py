@@ -38,6 +38,18 @@ _ROW_QUANTUM = 16
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _overlap(a: Tensor, b: Tensor) -> str:
+    """How the memory of two contiguous 1-d tensors overlaps: ``"none"``, ``"same"`` (the same
+    elements: equal start, length and dtype) or ``"partial"``."""
+    if a.device != b.device:
+        return "none"
+    a_lo, b_lo = a.data_ptr(), b.data_ptr()
+    a_hi, b_hi = a_lo + a.numel() * a.element_size(), b_lo + b.numel() * b.element_size()
+    if a_hi <= b_lo or b_hi <= a_lo:
+        return "none"
+    return "same" if (a_lo, a_hi, a.dtype) == (b_lo, b_hi, b.dtype) else "partial"
+
+
 def block_chunks(chunk_size: int, device: torch.device, n_chunks: int) -> int:
     """Rows (chunks) per decoding block for a tensor of ``n_chunks`` chunks on ``device``.
 
@@ -228,13 +240,18 @@ def decode_tensor_into(
     numel = out.numel()
     flat = out.view(-1)
     base_flat = None
+    aliased = False
     if base is not None:
         # Training adds ``base.to(float32)``: a float64 base is rounded first; float16/bfloat16
         # upcast exactly inside the add, no copy needed.
         base_flat = (base if base.dtype in _EXACT_IN_FLOAT32 else base.to(torch.float32)).reshape(-1)
-    # A base sharing memory with ``out`` (a delta applied in place) must be read before each
-    # block's slot is written: such blocks are decoded aside and copied in.
-    aliased = base_flat is not None and base_flat.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+        overlap = _overlap(base_flat, flat)
+        # ``out`` is the base itself (a delta applied in place): each block reads its own slice of
+        # the base before writing it, so blocks are decoded aside and copied in. Any other overlap
+        # would let one block overwrite base values another still reads: copy the base first.
+        aliased = overlap == "same"
+        if overlap == "partial":
+            base_flat = base_flat.clone()
 
     def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)

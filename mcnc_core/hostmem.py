@@ -110,11 +110,13 @@ class OutputRecycler:
             buf = _new_mapping(nbytes)
             if self.max_bytes is None or nbytes <= self.max_bytes:
                 self._maps.append(buf)
-                # Forget the oldest beyond the bounds (their tensors, if any, keep them alive).
+                # Beyond the bounds, forget the oldest mapping still in use (its tensors keep it
+                # alive; forgetting it costs nothing now), else the oldest free one (unmapped).
                 while len(self._maps) > self.keep or (
                     self.max_bytes is not None and sum(map(len, self._maps)) > self.max_bytes
                 ):
-                    del self._maps[0]
+                    busy = [i for i in range(len(self._maps)) if self._refs(i) != self._baseline]
+                    del self._maps[busy[0] if busy else 0]
             return torch.frombuffer(buf, dtype=dtype, count=count).view(shape)
 
     @property

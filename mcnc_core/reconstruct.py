@@ -264,8 +264,9 @@ def reconstruct_into(
             gen = _generator(bundle.spec, dev)
             stored = DTYPE_TO_TORCH[e.dtype]
             # Straight in when one rounding (float32 -> the target's dtype) is what reconstruct +
-            # load_state_dict would give, and the fingerprint, if checked, sees float32 values.
-            one_rounding = stored == torch.float32 or dst.dtype == stored
+            # load_state_dict would give (float32 -> float64 is exact), and the fingerprint, if
+            # checked, sees float32 values.
+            one_rounding = stored in (torch.float32, torch.float64) or dst.dtype == stored
             if (
                 dst.device == dev
                 and dst.is_contiguous()

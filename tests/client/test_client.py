@@ -171,6 +171,11 @@ def test_load_into_a_model_with_other_keys_lists_them(live, tmp_path, bundles):
         with pytest.raises(client.StateDictMismatchError, match=r"shapes differ for \['2.weight', '2.bias'\]"):
             c.load("mlp", model=wider)
         assert torch.equal(wider[2].weight, before)  # nothing written
+        with torch.device("meta"):
+            ghost = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        with pytest.raises(client.StateDictMismatchError, match="on the meta device") as exc:
+            c.load("mlp", model=ghost)
+        assert exc.value.meta == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
 def test_info_list_delete_and_not_found(live, tmp_path, bundles):

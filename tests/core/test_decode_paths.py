@@ -102,6 +102,21 @@ def test_a_base_that_is_the_output_itself(shape, out_dtype) -> None:
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("offset", [1, 3000, -3000])
+def test_a_base_overlapping_the_output_elsewhere(offset) -> None:
+    """Base and output in one buffer at different offsets: the base is read as it was."""
+    shape = (1000, 1000)
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes(shape, 0, seed=13)
+    n = shape[0] * shape[1]
+    buf = torch.randn(n + abs(offset), generator=torch.Generator().manual_seed(8))
+    out_at, base_at = (offset, 0) if offset > 0 else (0, -offset)
+    out, base = buf[out_at : out_at + n].view(shape), buf[base_at : base_at + n].view(shape)
+    expected = decode_tensor(gen, alpha, beta, shape, factors, base.clone())
+    decode_tensor_into(gen, alpha, beta, shape, factors, out, base)
+    assert torch.equal(out, expected)
+
+
 _CHILD = textwrap.dedent(
     """
     import hashlib, sys, torch

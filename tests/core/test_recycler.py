@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import mmap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -80,26 +81,24 @@ def test_a_smaller_tensor_on_a_larger_mapping() -> None:
     assert rec.reused == 1 and small.numel() * 4 > MIN_BYTES
     small.fill_(1.0)
     assert float(small.sum()) == small.numel()
-    rss = _rss_kib(small.data_ptr())
-    if rss is not None:  # Linux: the big tensor's pages past the small one's end were released
-        assert rss * 1024 <= small.numel() * 4 + 2 * 4096, rss
+    resident = _resident_bytes(small.data_ptr(), 2 * MIN_BYTES)
+    if resident is not None:  # Linux: the big tensor's pages past the small one's end were released
+        assert resident <= small.numel() * 4 + 4096, resident
 
 
-def _rss_kib(ptr: int) -> int | None:
-    """Resident KiB of the mapping that contains address ``ptr`` (None without /proc)."""
+def _resident_bytes(addr: int, length: int) -> int | None:
+    """Bytes of ``[addr, addr + length)`` resident in memory (``mincore``), None where unavailable."""
     try:
-        lines = Path("/proc/self/smaps").read_text().splitlines()
-    except OSError:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mincore = libc.mincore
+    except (OSError, AttributeError):
         return None
-    inside = False
-    for line in lines:
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= ptr < hi
-        elif inside and head == "Rss:":
-            return int(line.split()[1])
-    return None
+    page = mmap.PAGESIZE
+    pages = -(-length // page)
+    vec = (ctypes.c_ubyte * pages)()
+    if mincore(ctypes.c_void_p(addr), ctypes.c_size_t(length), vec) != 0:
+        return None
+    return sum(v & 1 for v in vec) * page
 
 
 def test_recycler_bounds() -> None:
@@ -139,3 +138,14 @@ def test_recycler_is_thread_safe() -> None:
     for th in threads:
         th.join()
     assert clobbered == []
+
+
+def test_beyond_its_bounds_the_recycler_forgets_mappings_in_use_first() -> None:
+    small, large = (MIN_BYTES // 4 // 1024, 1024), (3 * MIN_BYTES // 4 // 1024, 1024)
+    rec = OutputRecycler(keep=2)
+    free = rec.empty(large)
+    del free  # the oldest mapping: warm and unreferenced (too large to serve ``small``)
+    held = [rec.empty(small), rec.empty(small)]  # a third mapping: the oldest *in use* is forgotten
+    assert rec.reused == 0 and rec.tracked_bytes == 4 * MIN_BYTES
+    rec.empty(large)  # the free one was kept
+    assert rec.reused == 1 and len(held) == 2
