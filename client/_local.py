@@ -46,18 +46,15 @@ def reconstruct_local(
     from safetensors.torch import load_file
 
     import mcnc_core
+    from mcnc_core.reconstruct import target_misfit
 
     start = time.perf_counter()
     bundle = mcnc_core.load_bundle(bundle_path)
     base = load_file(base_path) if base_path is not None else None
     if model is not None:
-        own = model.state_dict()
-        names = {e.name for e in bundle.manifest}
-        missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
-        mismatched = [e.name for e in bundle.manifest if e.name in own and tuple(own[e.name].shape) != e.shape]
-        meta = [e.name for e in bundle.manifest if e.name in own and own[e.name].is_meta]
-        if missing or unexpected or mismatched or meta:
-            raise StateDictMismatchError(missing, unexpected, mismatched, meta)
+        fit = target_misfit(bundle, model.state_dict())
+        if any(fit):
+            raise StateDictMismatchError(fit.missing, fit.unexpected, fit.shapes, fit.meta)
     try:
         # Cached bases were checked against their digest when they entered the cache.
         if model is not None and dtype is None:

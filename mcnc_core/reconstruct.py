@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,15 @@ from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.manifest import FLOAT_DTYPES, TensorEntry
 from mcnc_core.safetensors_io import DTYPE_TO_TORCH, TORCH_TO_DTYPE
 
-__all__ = ["base_names", "check_base", "iter_reconstruct", "output_dtype", "reconstruct", "reconstruct_into"]
+__all__ = [
+    "base_names",
+    "check_base",
+    "iter_reconstruct",
+    "output_dtype",
+    "reconstruct",
+    "reconstruct_into",
+    "target_misfit",
+]
 
 DeviceLike = str | torch.device
 
@@ -204,6 +213,32 @@ def reconstruct(
     return dict(iter_reconstruct(bundle, base, device, dtype, verify=verify, verify_base=verify_base))
 
 
+class Misfit(NamedTuple):
+    """How a target state dict does not fit a bundle (each list empty when it fits).
+
+    ``missing``/``unexpected`` as ``load_state_dict`` names them: the target's keys the bundle
+    lacks, and the bundle's keys the target lacks; ``shapes``: names whose shapes differ;
+    ``meta``: names whose target tensor is on the meta device (no memory to write into).
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    shapes: list[str]
+    meta: list[str]
+
+
+def target_misfit(bundle: Bundle, targets: Mapping[str, Tensor]) -> Misfit:
+    """What keeps ``reconstruct_into(bundle, targets)`` from writing (manifest order within each list)."""
+    names = [e.name for e in bundle.manifest]
+    common = [e for e in bundle.manifest if e.name in targets]
+    return Misfit(
+        sorted(set(targets) - set(names)),
+        sorted(set(names) - set(targets)),
+        [e.name for e in common if tuple(targets[e.name].shape) != e.shape],
+        [e.name for e in common if targets[e.name].is_meta],
+    )
+
+
 def reconstruct_into(
     bundle: Bundle,
     target: nn.Module | Mapping[str, Tensor],
@@ -240,18 +275,18 @@ def reconstruct_into(
             that one, have been written.
     """
     targets = target.state_dict() if isinstance(target, nn.Module) else target
-    names = [e.name for e in bundle.manifest]
-    # As load_state_dict names them: missing = the target's keys the bundle lacks, unexpected =
-    # the bundle's keys the target lacks.
-    missing, unexpected = sorted(set(targets) - set(names)), sorted(set(names) - set(targets))
-    if missing or unexpected:
-        raise ModelError(f"bundle does not fit the target: missing keys {missing[:10]}, unexpected {unexpected[:10]}")
-    for e in bundle.manifest:
-        t = targets[e.name]
-        if tuple(t.shape) != e.shape:
-            raise ModelError(f"target tensor {e.name!r} has shape {list(t.shape)}, the bundle's {list(e.shape)}")
-        if t.is_meta:
-            raise ModelError(f"target tensor {e.name!r} is on the meta device: materialise it first (to_empty)")
+    fit = target_misfit(bundle, targets)
+    if fit.missing or fit.unexpected:
+        raise ModelError(
+            f"bundle does not fit the target: missing keys {fit.missing[:10]}, unexpected {fit.unexpected[:10]}"
+        )
+    if fit.shapes:
+        n = fit.shapes[0]
+        raise ModelError(
+            f"target tensor {n!r} has shape {list(targets[n].shape)}, the bundle's {list(bundle.entry(n).shape)}"
+        )
+    if fit.meta:
+        raise ModelError(f"target tensor {fit.meta[0]!r} is on the meta device: materialise it first (to_empty)")
     check_base(bundle, base, verify_digest=verify_base)
     recycler = OutputRecycler()
     with torch.no_grad(), _full_fp32_matmul():
