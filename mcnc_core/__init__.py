@@ -24,6 +24,7 @@ from mcnc_core.errors import (
 )
 from mcnc_core.fingerprint import state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
+from mcnc_core.peft import ExportError, check_vllm, export_peft, peft_adapter_files
 from mcnc_core.reconstruct import iter_reconstruct, reconstruct, reconstruct_into
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "BundleLimitError",
     "ConfigError",
     "DuplicateTensorError",
+    "ExportError",
     "FingerprintMismatchError",
     "Generator",
     "GeneratorMismatchError",
@@ -50,11 +52,14 @@ __all__ = [
     "UnexpectedTensorError",
     "UnsupportedVersionError",
     "base_state_dict",
+    "check_vllm",
     "compress",
     "export_bundle",
+    "export_peft",
     "iter_reconstruct",
     "load_bundle",
     "materialize",
+    "peft_adapter_files",
     "reconstruct",
     "reconstruct_into",
     "save_bundle",
