@@ -6,7 +6,9 @@ A delta bundle whose compressed entries have ``rank = r > 0`` stores ``W = W_bas
 ``lora_alpha = r`` (scaling exactly 1) is the same adapter. The export needs no base weights and
 no ``peft`` installation: it writes ``adapter_config.json`` and ``adapter_model.safetensors``.
 
-PEFT's forms, by module kind (the bundle does not record module types, so the caller says which):
+PEFT's forms, by module kind. A bundle does not record module types; ``peft_metadata(model)``
+describes them in an ``x-peft-modules`` metadata key (``export_bundle(model, metadata=...)``), which
+the export then follows, so a server can export without the model; arguments override it.
 
 ===========================  ======================================  =============================
 module                       saved tensors                           from the bundle's factors
@@ -32,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mcnc_core.bundle import Bundle
+from mcnc_core.compress import get_state
 from mcnc_core.decode import decode_tensor
 from mcnc_core.errors import MCNCError
 from mcnc_core.generator import Generator
@@ -45,12 +48,14 @@ from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
+    "PEFT_METADATA_KEY",
     "VLLM_LORA_RANKS",
     "ExportError",
     "check_vllm",
     "export_peft",
     "lora_factors",
     "peft_adapter_files",
+    "peft_metadata",
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -58,6 +63,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: The ranks vLLM accepts for ``max_lora_rank`` (``vllm/config/lora.py``).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the wrapped model)
+#: Bundle metadata: JSON ``{"conv1d": [module paths], "embeddings": [module paths]}``.
+PEFT_METADATA_KEY = "x-peft-modules"
 
 
 class ExportError(MCNCError, ValueError):
@@ -121,6 +128,46 @@ def lora_factors(bundle: Bundle, name: str, *, device: str | torch.device = "cpu
     return _factors(bundle, e, Generator(bundle.spec).to(device))
 
 
+def peft_metadata(model: nn.Module) -> dict[str, str]:
+    """Bundle metadata naming the module kinds PEFT treats specially, for ``export_bundle``.
+
+    Records the module paths of low-rank targets that are ``nn.Embedding`` or GPT-2-style
+    ``Conv1D`` (weight ``(in, out)``, recognised by class name and its ``nf`` attribute).
+
+    Args:
+        model: a model after ``compress`` in delta mode with ``rank > 0``.
+
+    Returns:
+        ``{PEFT_METADATA_KEY: json}``: pass as ``export_bundle(model, metadata=...)``.
+
+    Raises:
+        ModelError: the model is not compressed.
+    """
+    conv1d, embeddings = [], []
+    for e in get_state(model).entries:
+        if e.storage != "mcnc" or e.rank == 0:
+            continue
+        path = e.name.rpartition(".")[0]
+        module = model.get_submodule(path)
+        if isinstance(module, nn.Embedding):
+            embeddings.append(path)
+        elif type(module).__name__ == "Conv1D" and getattr(module, "nf", None) == e.shape[-1]:
+            conv1d.append(path)
+    return {PEFT_METADATA_KEY: json.dumps({"conv1d": conv1d, "embeddings": embeddings}, separators=(",", ":"))}
+
+
+def _recorded_kinds(bundle: Bundle) -> tuple[list[str], list[str]]:
+    raw = bundle.metadata.get(PEFT_METADATA_KEY)
+    if raw is None:
+        return [], []
+    try:
+        data = json.loads(raw)
+        conv1d, embeddings = list(data["conv1d"]), list(data["embeddings"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"bundle metadata {PEFT_METADATA_KEY!r} is malformed ({exc}): {raw[:200]!r}") from exc
+    return [str(p) for p in conv1d], [str(p) for p in embeddings]
+
+
 def _module_path(name: str) -> str:
     module, _, param = name.rpartition(".")
     if param != "weight" or not module:
@@ -162,8 +209,8 @@ def peft_adapter_files(
     *,
     base_model_name_or_path: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
-    fan_in_fan_out: bool = False,
-    embeddings: Collection[str] = (),
+    fan_in_fan_out: bool | None = None,
+    embeddings: Collection[str] | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, bytes]:
     """The PEFT LoRA adapter of a delta bundle as file contents (deterministic bytes).
@@ -174,8 +221,10 @@ def peft_adapter_files(
             default: the bundle's base name.
         dtype: dtype of the LoRA factors (``float32`` is exact; raw tensors keep their own dtype).
         fan_in_fan_out: the adapted modules are GPT-2-style ``Conv1D`` (weight ``(in, out)``);
-            PEFT has one such flag per adapter, so it applies to every 2-D target.
-        embeddings: module paths of ``nn.Embedding`` targets (PEFT's ``lora_embedding_A/B``).
+            PEFT has one such flag per adapter, so it applies to every 2-D target. ``None``: true
+            when the bundle's ``x-peft-modules`` metadata names Conv1D targets.
+        embeddings: module paths of ``nn.Embedding`` targets (PEFT's ``lora_embedding_A/B``);
+            ``None``: those the bundle's metadata names.
         device: where to decode the factors.
 
     Returns:
@@ -187,8 +236,19 @@ def peft_adapter_files(
     Raises:
         ExportError: a full-mode bundle; a rank-0 compressed tensor; a target that is not a
             ``<module>.weight``; a raw tensor PEFT cannot save (see ``modules_to_save``); an
-            ``embeddings`` entry that is not a target.
+            ``embeddings`` entry that is not a target; Conv1D and Linear targets in one adapter.
     """
+    conv1d, recorded_embeddings = _recorded_kinds(bundle)
+    embeddings = recorded_embeddings if embeddings is None else embeddings
+    if fan_in_fan_out is None:
+        fan_in_fan_out = bool(conv1d)
+        linear = [e.name for e in bundle.manifest if e.storage == "mcnc" and len(e.shape) == 2]
+        linear = [n for n in linear if n.rpartition(".")[0] not in {*conv1d, *embeddings}]
+        if conv1d and linear:
+            raise ExportError(
+                f"targets mix GPT-2 Conv1D modules ({conv1d[:2]}) and Linear ones ({linear[:2]}): PEFT has one "
+                "fan_in_fan_out flag per adapter; compress only one kind, or pass fan_in_fan_out explicitly"
+            )
     gen: Generator | None = None
     tensors: dict[str, Tensor] = {}
     ranks: dict[str, int] = {}
@@ -259,8 +319,8 @@ def export_peft(
     *,
     base_model_name_or_path: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
-    fan_in_fan_out: bool = False,
-    embeddings: Collection[str] = (),
+    fan_in_fan_out: bool | None = None,
+    embeddings: Collection[str] | None = None,
 ) -> Path:
     """Write a delta bundle as a PEFT LoRA adapter directory (``PeftModel.from_pretrained`` loads it).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mcnc_core as m
-from mcnc_core.peft import ExportError, check_vllm, export_peft, lora_factors, peft_adapter_files
+from mcnc_core.peft import ExportError, check_vllm, export_peft, lora_factors, peft_adapter_files, peft_metadata
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -65,7 +66,9 @@ def trained_llama():
     targets = (*TARGETS, "model.embed_tokens.weight")
     m.compress(model, m.MCNCConfig(mode="delta", rank=8, targets=targets, base_name="tiny-llama", **CFG))
     train(model)
-    return m.export_bundle(model), base, logits(model)
+    bundle = m.export_bundle(model, metadata=peft_metadata(model))  # records the Embedding target
+    assert json.loads(bundle.metadata["x-peft-modules"]) == {"conv1d": [], "embeddings": ["model.embed_tokens"]}
+    return bundle, base, logits(model)
 
 
 def load_peft(directory, seed: int = 0, make=llama) -> nn.Module:
@@ -74,7 +77,7 @@ def load_peft(directory, seed: int = 0, make=llama) -> nn.Module:
 
 def test_peft_merged_weights_equal_reconstruct_and_logits_equal_training(trained_llama, tmp_path):
     bundle, base, trained_logits = trained_llama
-    out = export_peft(bundle, tmp_path / "adapter", dtype=torch.float32, embeddings=["model.embed_tokens"])
+    out = export_peft(bundle, tmp_path / "adapter", dtype=torch.float32)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == config["lora_alpha"] == 8 and config["base_model_name_or_path"] == "tiny-llama"
@@ -153,8 +156,8 @@ def test_gpt2_conv1d_needs_fan_in_fan_out(tmp_path):
     m.compress(model, cfg)
     train(model, steps=3)
     trained_logits = logits(model)
-    bundle = m.export_bundle(model)
-    out = export_peft(bundle, tmp_path / "g", dtype=torch.float32, fan_in_fan_out=True)
+    bundle = m.export_bundle(model, metadata=peft_metadata(model))  # records the Conv1D targets
+    out = export_peft(bundle, tmp_path / "g", dtype=torch.float32)
     assert json.loads((out / "adapter_config.json").read_text())["fan_in_fan_out"] is True
     loaded = peft.PeftModel.from_pretrained(gpt2(), str(out)).eval()
     torch.testing.assert_close(logits(loaded), trained_logits, rtol=1e-5, atol=1e-5)
@@ -162,8 +165,8 @@ def test_gpt2_conv1d_needs_fan_in_fan_out(tmp_path):
     for name, t in m.reconstruct(bundle, base=base).items():
         # (Bᵀ Aᵀ)ᵀ instead of A @ B: float32 rounding of an 8-term sum at most.
         torch.testing.assert_close(merged[name], t, rtol=1e-6, atol=1e-7, msg=name)
-    # Without the flag the factors have the transposed shapes of what peft builds for Conv1D.
-    wrong = export_peft(bundle, tmp_path / "w", dtype=torch.float32)
+    # As Linear factors they have the transposed shapes of what peft builds for Conv1D.
+    wrong = export_peft(bundle, tmp_path / "w", dtype=torch.float32, fan_in_fan_out=False)
     with pytest.raises(RuntimeError, match="size mismatch"):
         peft.PeftModel.from_pretrained(gpt2(), str(wrong))
 
@@ -191,6 +194,17 @@ def test_what_cannot_be_exported_is_named(tmp_path):
     assert isinstance(ExportError("x"), m.MCNCError)
     ok = mlp_delta(rank=2, exclude=("2.weight",), trainable=("2.*",))  # a whole head trains raw: modules_to_save
     assert json.loads(peft_adapter_files(ok)["adapter_config.json"])["modules_to_save"] == ["2"]
+
+
+def test_recorded_module_kinds_are_checked(trained_llama):
+    bundle = trained_llama[0]
+    mixed = dataclasses.replace(
+        bundle, metadata={"x-peft-modules": '{"conv1d":["model.layers.0.mlp.up_proj"],"embeddings":[]}'}
+    )
+    with pytest.raises(ExportError, match="targets mix GPT-2 Conv1D modules"):
+        peft_adapter_files(mixed)
+    with pytest.raises(ExportError, match="'x-peft-modules' is malformed"):
+        peft_adapter_files(dataclasses.replace(bundle, metadata={"x-peft-modules": "[]"}))
 
 
 def test_check_vllm_reports_each_rule():
