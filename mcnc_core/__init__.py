@@ -25,6 +25,7 @@ from mcnc_core.errors import (
 from mcnc_core.fingerprint import state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
 from mcnc_core.peft import ExportError, check_vllm, export_peft, peft_adapter_files
+from mcnc_core.recipe import param_groups
 from mcnc_core.reconstruct import iter_reconstruct, reconstruct, reconstruct_into
 
 __version__ = "0.1.0"
@@ -59,6 +60,7 @@ __all__ = [
     "iter_reconstruct",
     "load_bundle",
     "materialize",
+    "param_groups",
     "peft_adapter_files",
     "reconstruct",
     "reconstruct_into",

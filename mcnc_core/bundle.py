@@ -35,7 +35,7 @@ from mcnc_core.errors import (
     UnsupportedVersionError,
 )
 from mcnc_core.fingerprint import FINGERPRINT_ALGORITHM, N_SAMPLES, state_digest
-from mcnc_core.generator import GENERATOR_FAMILY, GENERATOR_VERSION, GeneratorSpec, generator_sha256
+from mcnc_core.generator import GENERATOR_FAMILY, INIT_RULES, GeneratorSpec, generator_sha256
 from mcnc_core.manifest import FLOAT_DTYPES, BaseRef, TensorEntry, manifest_from_json, manifest_to_json
 from mcnc_core.safetensors_io import (
     DTYPE_TO_TORCH,
@@ -239,10 +239,14 @@ def _parse_metadata(
     extra = {k: v for k, v in meta.items() if k.startswith("x-")}
 
     gen = _json(meta, "generator")
-    if isinstance(gen, dict) and (gen.get("family"), gen.get("version")) != (GENERATOR_FAMILY, GENERATOR_VERSION):
+    if isinstance(gen, dict) and (
+        gen.get("family") != GENERATOR_FAMILY
+        or type(gen.get("version")) is not int
+        or gen.get("version") not in INIT_RULES
+    ):
         raise UnsupportedVersionError(
             f"generator {gen.get('family')!r} version {gen.get('version')!r} is not supported "
-            f"(this reader implements {GENERATOR_FAMILY!r} version {GENERATOR_VERSION})"
+            f"(this reader implements {GENERATOR_FAMILY!r} versions {sorted(INIT_RULES)}); upgrade mcnc"
         )
     try:
         spec = GeneratorSpec.from_dict(gen)

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from mcnc_core.config import MCNCConfig
-from mcnc_core.errors import ModelError
+from mcnc_core.errors import ConfigError, ModelError
 from mcnc_core.fingerprint import state_digest
 from mcnc_core.generator import Generator
-from mcnc_core.layers import PREFIX, ManifoldWeight, regenerate_weights
+from mcnc_core.layers import PREFIX, ManifoldWeight, adapter_kind, add_adapter_output, regenerate_weights
 from mcnc_core.manifest import FLOAT_DTYPES, TensorEntry
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE
 
@@ -76,6 +76,11 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
     Full mode: targeted weights start as ``beta * phi(alpha)`` with each layer's current RMS
     (a freshly built model's default init). Delta mode: targets become ``base + delta`` with
     ``delta = 0`` at start; other parameters are frozen unless they match ``config.trainable``.
+    Delta mode with ``rank > 0`` on a linear layer (``nn.Linear`` or a subclass, GPT-2's
+    ``Conv1D``) trains at adapter cost: the module keeps its frozen base weight, untouched, and a
+    forward hook adds ``x Bᵀ Aᵀ`` with the factors generated from the codes (as LoRA does); the
+    full delta is never built during training. Other targets rebuild their weight before each
+    forward. Initial codes come from ``mcnc_core.prng`` (``config.init_seed``), the same everywhere.
 
     Args:
         model: any ``nn.Module``; not already compressed.
@@ -86,6 +91,7 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
 
     Raises:
         ModelError: already compressed, nothing to compress, or a target is a shared parameter.
+        ConfigError: ``rank > 0`` and a target has fewer than 2 dims (named).
     """
     if getattr(model, "_mcnc_state", None) is not None:
         raise ModelError("model is already compressed; compress a fresh model or materialize() it first")
@@ -117,8 +123,12 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
         if name in targets:
             if dtype not in FLOAT_DTYPES:  # pragma: no cover - filtered by _select_targets
                 raise ModelError(f"target {name!r} is not floating point")
-            rank = config.rank if t.dim() >= 2 and config.rank < min(t.shape[0], t[0].numel()) else 0
-            entries.append(TensorEntry(name, tuple(t.shape), dtype, "mcnc", rank))
+            if config.rank and t.dim() < 2:
+                raise ConfigError(
+                    f"target {name!r} has shape {list(t.shape)}: rank {config.rank} factors need a tensor of "
+                    ">= 2 dims; exclude it (MCNCConfig.exclude) or use rank=0"
+                )
+            entries.append(TensorEntry(name, tuple(t.shape), dtype, "mcnc", config.rank))
             if delta:
                 base_tensors[name] = t.detach()
         elif not delta or name not in params or _matches(name, config.trainable):
@@ -134,22 +144,33 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
             p.requires_grad_(_matches(name, config.trainable))
 
     modules = dict(model.named_modules())
-    for entry in entries:
-        if entry.storage != "mcnc":
-            continue
+    # v2 codes start in a fixed range (L is the generator's frequency); v1 in [-L, L].
+    alpha_range = config.alpha_init * (config.bound if config.generator_version == 1 else 1.0)
+    for stream, entry in enumerate(e for e in entries if e.storage == "mcnc"):
         mname, _, pname = entry.name.rpartition(".")
         module = modules[mname]
         param = params[entry.name]
-        mw = ManifoldWeight(gen, entry.shape, entry.rank, param.detach() if delta else None)
+        # A delta on the factors of a linear layer trains the way LoRA does (base(x) + x Bᵀ Aᵀ):
+        # the base weight stays in the module, untouched, and no full-size tensor is built per step.
+        adapter = adapter_kind(module, pname) if delta and entry.rank else None
+        base = param.detach() if delta and adapter is None else None
+        mw = ManifoldWeight(gen, entry.shape, entry.rank, base, adapter)
         w = param.detach().float()
         rms = float(w.pow(2).mean().sqrt()) if w.numel() else 0.0
-        mw.reset_codes(rms, zero_last=delta, alpha_init=config.alpha_init)
+        mw.reset_codes(rms, zero_last=delta, alpha_range=alpha_range, seed=config.init_seed, stream=stream)
+        mw.out_dtype = param.dtype
+        if adapter is not None:
+            if not hasattr(module, "_mcnc_adapter_hook"):
+                module._mcnc_adapter_hook = True
+                state.hooks.append(module.register_forward_hook(add_adapter_output))
+            module.add_module(PREFIX + pname, mw)
+            state.targets[entry.name] = mw
+            continue
         if not hasattr(module, "_mcnc_param_order"):
             # materialize() restores this order, so state_dict keys come back in their original order.
             module._mcnc_param_order = list(module._parameters)
             state.hooks.append(module.register_forward_pre_hook(regenerate_weights))
         del module._parameters[pname]
-        mw.out_dtype = param.dtype
         module.add_module(PREFIX + pname, mw)
         state.targets[entry.name] = mw
         with torch.no_grad():
@@ -175,8 +196,8 @@ def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
     for e in state.entries:
         if e.storage == "mcnc":
             base = state.targets[e.name].base
-            assert base is not None
-            out[e.name] = base.detach()
+            # Adapter-mode targets keep their base in the module: it is the model's own tensor.
+            out[e.name] = base.detach() if base is not None else sd[e.name].detach()
         elif e.storage == "base":
             out[e.name] = sd[e.name].detach()
     return out
@@ -199,11 +220,12 @@ def materialize(model: nn.Module) -> nn.Module:
     for name, mw in state.targets.items():
         mname, _, pname = name.rpartition(".")
         module = modules[mname]
-        w = mw().to(mw.out_dtype)
+        w = mw(getattr(module, pname) if mw.adapter else None).to(mw.out_dtype)
         delattr(module, PREFIX + pname)
         module.__dict__.pop(pname, None)
         module.register_parameter(pname, nn.Parameter(w))
     for module in modules.values():
+        module.__dict__.pop("_mcnc_adapter_hook", None)
         order = module.__dict__.pop("_mcnc_param_order", None)
         if order is not None:
             module._parameters = {k: module._parameters[k] for k in order}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mcnc_core.errors import ConfigError
-from mcnc_core.generator import GeneratorSpec
+from mcnc_core.generator import INIT_RULES, GeneratorSpec
 
 __all__ = ["CONFIG_FORMAT_VERSION", "MCNCConfig"]
 
@@ -39,8 +39,10 @@ class MCNCConfig:
     ``phi`` being a frozen sine MLP ``k -> width (x depth) -> chunk_size`` built from ``seed``.
     Stored numbers per chunk: ``k + 1``; the ideal ratio is ``chunk_size / (k + 1)``.
 
-    The defaults come from the ablation in ``docs/ablation.md`` (mnist1d MLP): k=8,
-    chunk_size=1024, width=64, depth=2, bound=10 — about 114x on the targeted weights.
+    The defaults come from the ablation in ``docs/ablation.md`` (mnist1d MLP, chosen on a
+    validation split): k=8, chunk_size=1024, width=64, depth=2, generator version 2 with
+    bound (omega_0) 30 — about 114x on the targeted weights. Train with
+    ``torch.optim.Adam(mcnc_core.param_groups(model))``.
 
     Attributes:
         mode: ``"full"``: targeted weights *are* ``beta * phi(alpha)`` (training from scratch).
@@ -50,14 +52,24 @@ class MCNCConfig:
         chunk_size: ``d``, the generator's output size, ``2 <= d <= 2**20``.
         width: hidden width of the generator, ``1 <= width <= 8192``.
         depth: number of sine layers of the generator, ``1 <= depth <= 8``.
-        bound: ``L``, the input bound / frequency; ``alpha`` starts in ``[-L, L]``. Codes are not
-            clamped and the generator's weights do not depend on ``L``, so only the initial code
-            range does: ``bound`` and ``alpha_init`` act through their product (docs/ablation.md:
-            ``L`` from 1 to 40 stays within about 3 points on mnist1d).
+        bound: ``L``. Generator version 2: the frequency of the generator's first layer
+            (SIREN's ``omega_0``; ``W_1 ~ U(-L/k, L/k)``) while codes start in
+            ``[-alpha_init, alpha_init]``, so ``L`` and the learning rate are independent knobs.
+            Version 1: only the initial code range ``[-alpha_init*L, alpha_init*L]`` (the
+            generator does not depend on ``L``).
         seed: generator seed, ``0 <= seed < 2**64``.
+        generator_version: ``2`` (default) or ``1`` (the original rule, kept readable and
+            bit-identical forever). ``from_dict`` reads a dict without this key as version 1:
+            every config written before version 2 existed.
+        init_seed: seed of the initial codes, drawn from ``mcnc_core.prng`` (the same on every
+            machine and CPU dispatch level), one stream per compressed tensor.
         rank: ``0`` compresses each weight directly (the paper's "w/o LoRA"); ``r > 0``
-            factors each weight matrix as ``A @ B`` (``A: out x r``, ``B: r x in``) and puts the
-            factors on the manifold (the paper's "w/ LoRA").
+            factors every targeted tensor as ``A @ B`` (``A: rows x r``, ``B: r x cols`` with
+            ``rows = shape[0]`` and ``cols`` the product of the other dims: conv kernels and
+            embeddings on their 2-D view) and puts the factors on the manifold (the paper's
+            "w/ LoRA"). Any ``r >= 1`` is honoured, including over-complete factors
+            (``r >= min(rows, cols)``, as the paper uses on narrow layers); a 1-D target with
+            ``r > 0`` is a ``ConfigError`` from ``compress`` (exclude it or use ``rank=0``).
         targets: glob patterns over parameter names (``"encoder.*.weight"``) selecting what is
             compressed; ``None`` selects the ``weight`` of every Linear, Conv1d/2d/3d and
             Embedding module.
@@ -68,7 +80,8 @@ class MCNCConfig:
             parameter raw.
         min_numel: targeted tensors with fewer elements stay raw (they would not compress);
             ``None`` means ``chunk_size``.
-        alpha_init: ``alpha`` starts uniform in ``[-alpha_init * L, alpha_init * L]``.
+        alpha_init: ``alpha`` starts uniform in ``[-alpha_init, alpha_init]`` (version 2) or
+            ``[-alpha_init * L, alpha_init * L]`` (version 1).
         beta_init: full mode: ``"kaiming"`` sets each chunk's ``beta`` to the expected norm of
             a default-initialised chunk of that layer; delta mode always starts at ``beta = 0``
             (the fine-tune starts exactly at the base) for the last factor.
@@ -84,8 +97,10 @@ class MCNCConfig:
     chunk_size: int = 1024
     width: int = 64
     depth: int = 2
-    bound: float = 10.0
+    bound: float = 30.0
     seed: int = 0
+    generator_version: int = 2
+    init_seed: int = 0
     rank: int = 0
     targets: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
@@ -103,6 +118,10 @@ class MCNCConfig:
             raise ConfigError(
                 f"format_version {self.format_version!r} is not supported (this library writes {CONFIG_FORMAT_VERSION})"
             )
+        if type(self.generator_version) is not int or self.generator_version not in INIT_RULES:
+            raise ConfigError(f"generator_version must be one of {sorted(INIT_RULES)}, got {self.generator_version!r}")
+        if type(self.init_seed) is not int or not 0 <= self.init_seed < 2**64:
+            raise ConfigError(f"init_seed must be an int in [0, 2**64), got {self.init_seed!r}")
         # The generator spec validates k, chunk_size, width, depth, bound and seed.
         self.generator_spec()
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not 0 <= self.rank <= 4096:
@@ -128,6 +147,8 @@ class MCNCConfig:
             depth=self.depth,
             bound=float(self.bound) if isinstance(self.bound, (int, float)) else self.bound,
             seed=self.seed,
+            version=self.generator_version,
+            init=INIT_RULES[self.generator_version],
         )
 
     @property
@@ -146,11 +167,20 @@ class MCNCConfig:
         for key in ("targets", "exclude", "trainable"):
             if out[key] is not None:
                 out[key] = list(out[key])
+        if out["generator_version"] == 1:
+            # A version-1 config is written exactly as before version 2 existed (the key's absence
+            # means 1), so re-serialising an old bundle gives its original bytes.
+            del out["generator_version"]
+            if out["init_seed"] == 0:
+                del out["init_seed"]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MCNCConfig:
         """Build from a dict; unknown keys are ignored with a warning (forward compatibility).
+
+        A dict without ``generator_version`` is a config written before version 2 existed and
+        is read as version 1 (so every stored config keeps meaning what it meant).
 
         Raises:
             ConfigError: if ``data`` is not a dict or a value is invalid.
@@ -161,7 +191,7 @@ class MCNCConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(f"ignoring unknown MCNCConfig keys: {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = {"generator_version": 1, **{k: v for k, v in data.items() if k in known}}
         try:
             return cls(**kwargs)
         except TypeError as exc:

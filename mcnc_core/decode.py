@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mcnc_core.generator import Generator
 
-__all__ = ["block_chunks", "decode_tensor", "decode_tensor_into"]
+__all__ = ["block_chunks", "decode_factors", "decode_tensor", "decode_tensor_into"]
 
 # Elements decoded per block. CPU: from 256 Ki (1 MiB of float32, so small tensors still split
 # into blocks for both workers) up to 2 Mi for big tensors (fewer per-op overheads: measured
@@ -175,27 +175,21 @@ def _combine(factors: list[Tensor], shape: tuple[int, ...], base: Tensor | None)
     return w if base is None else base.to(torch.float32) + w
 
 
-def decode_tensor(
-    gen: Generator,
-    alpha: Tensor,
-    beta: Tensor,
-    shape: tuple[int, ...],
-    factors: Sequence[tuple[int, ...]],
-    base: Tensor | None = None,
-) -> Tensor:
-    """Differentiable decode of one tensor.
+def decode_factors(gen: Generator, alpha: Tensor, beta: Tensor, factors: Sequence[tuple[int, ...]]) -> list[Tensor]:
+    """Differentiable decode of one tensor's factors (``A`` and ``B`` at rank > 0, itself at rank 0).
+
+    The blocks are those of ``decode_tensor``, so the factors carry the same bits as the ones it
+    combines: adapter-cost training (``x Bᵀ Aᵀ``) and reconstruction (``A @ B``) see one ``A`` and ``B``.
 
     Args:
         gen: the generator.
         alpha: ``(n, k)`` float32 codes of this tensor's chunks (all factors, in order).
         beta: ``(n,)`` float32 scales.
-        shape: output shape.
         factors: factor shapes (``manifest.factor_shapes``); each starts on a fresh chunk and
             its last chunk's padding is dropped.
-        base: delta mode: the base tensor (``shape``), added in float32.
 
     Returns:
-        float32 tensor of ``shape``.
+        One float32 tensor per factor, of that factor's shape.
     """
     d = gen.spec.chunk_size
     step = block_chunks(d, alpha.device, alpha.shape[0])
@@ -206,7 +200,28 @@ def decode_tensor(
     for f, c in zip(factors, _factor_chunks(factors, d), strict=True):
         parts.append(flat[start * d : start * d + math.prod(f)].reshape(f))
         start += c
-    return _combine(parts, shape, base)
+    return parts
+
+
+def decode_tensor(
+    gen: Generator,
+    alpha: Tensor,
+    beta: Tensor,
+    shape: tuple[int, ...],
+    factors: Sequence[tuple[int, ...]],
+    base: Tensor | None = None,
+) -> Tensor:
+    """Differentiable decode of one tensor: its factors (``decode_factors``) combined.
+
+    Args:
+        gen, alpha, beta, factors: as for ``decode_factors``.
+        shape: output shape.
+        base: delta mode: the base tensor (``shape``), added in float32.
+
+    Returns:
+        float32 tensor of ``shape``.
+    """
+    return _combine(decode_factors(gen, alpha, beta, factors), shape, base)
 
 
 @torch.no_grad()

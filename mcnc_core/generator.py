@@ -4,12 +4,18 @@
 ``s_i = sin(W_i s_{i-1} + b_i)``: a sine MLP ``k -> width (x depth) -> chunk_size`` whose
 output is L2-normalised onto the unit sphere. A chunk of weights is ``beta * phi(alpha)``.
 
-Initialisation rule ``"siren-uniform-v1"`` (all draws from ``mcnc_core.prng``, row-major
-``(out, in)``, tensor ``j`` of ``[W_1, b_1, ..., W_depth, b_depth, W_out]`` on stream ``j``):
+Initialisation rules (all draws from ``mcnc_core.prng``, row-major ``(out, in)``, tensor ``j`` of
+``[W_1, b_1, ..., W_depth, b_depth, W_out]`` on stream ``j``); the two versions differ only in ``W_1``:
 
-* ``W_1 ~ U(-1/k, 1/k)``; with ``alpha`` in ``[-L, L]`` this is SIREN's first layer with ``omega_0 = L``;
-* ``W_i ~ U(-sqrt(6/width), sqrt(6/width))`` for ``i > 1`` and ``W_out`` likewise;
-* ``b_i ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; ``W_out`` has no bias.
+* version 1, ``"siren-uniform-v1"``: ``W_1 ~ U(-1/k, 1/k)``. ``L`` does not enter the generator; it
+  only set the initial code range ``[-L, L]`` (SIREN's first layer with ``omega_0 = L`` at init), so
+  under Adam ``(L, lr)`` and ``(c*L, c*lr)`` trained identically (read forever, no longer written
+  by default);
+* version 2, ``"siren-frequency-v2"``: ``W_1 ~ U(-L/k, L/k)``: ``L`` is SIREN's ``omega_0``, a true
+  frequency of the generator, and codes start in a fixed range (``[-1, 1]``), so the code learning
+  rate does not depend on ``L``;
+* both: ``W_i ~ U(-sqrt(6/width), sqrt(6/width))`` for ``i > 1`` and ``W_out`` likewise;
+  ``b_i ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; ``W_out`` has no bias.
 
 Numerics (why the decoder looks the way it does): the normalisation and ``beta`` are folded
 into the small hidden vector using the Gram matrix ``G = W_outᵀ W_out`` (``||W_out s||² = sᵀ G s``),
@@ -35,11 +41,13 @@ from torch import Tensor, nn
 from mcnc_core import prng
 from mcnc_core.errors import ConfigError
 
-__all__ = ["GENERATOR_FAMILY", "GENERATOR_VERSION", "Generator", "GeneratorSpec", "generator_weights"]
+__all__ = ["GENERATOR_FAMILY", "GENERATOR_VERSION", "INIT_RULES", "Generator", "GeneratorSpec", "generator_weights"]
 
 GENERATOR_FAMILY = "mcnc-sine-mlp"
-GENERATOR_VERSION = 1
-INIT_RULE = "siren-uniform-v1"
+#: Initialisation rule of each generator version this library reads (and can write).
+INIT_RULES = {1: "siren-uniform-v1", 2: "siren-frequency-v2"}
+GENERATOR_VERSION = 2  # the newest version, what ``MCNCConfig()`` writes
+INIT_RULE = INIT_RULES[1]  # ``GeneratorSpec``'s own defaults stay version 1 (existing callers)
 PRNG_NAME = "philox4x32-10"
 
 
@@ -47,9 +55,14 @@ PRNG_NAME = "philox4x32-10"
 class GeneratorSpec:
     """Versioned description of a generator; together with the seed it fixes ``phi`` exactly.
 
+    ``version`` selects the initialisation rule (``INIT_RULES``); ``init`` must name that rule.
+    The field defaults are version 1 (what this class always built); ``MCNCConfig`` passes
+    version 2 for new models.
+
     Raises:
         ConfigError: if a field is out of range (k in [1, 1024], chunk_size in [2, 2**20],
-            width in [1, 8192], depth in [1, 8], bound finite in (0, 1e4], seed in [0, 2**64)).
+            width in [1, 8192], depth in [1, 8], bound finite in (0, 1e4], seed in [0, 2**64)),
+            or family, version, init or prng is not one this library implements.
     """
 
     k: int
@@ -59,7 +72,7 @@ class GeneratorSpec:
     bound: float
     seed: int
     family: str = GENERATOR_FAMILY
-    version: int = GENERATOR_VERSION
+    version: int = 1
     init: str = INIT_RULE
     prng: str = PRNG_NAME
 
@@ -78,7 +91,11 @@ class GeneratorSpec:
         if not isinstance(b, (int, float)) or isinstance(b, bool) or not (math.isfinite(b) and 0 < b <= 1e4):
             raise ConfigError(f"bound must be a finite number in (0, 10000], got {b!r}")
         object.__setattr__(self, "bound", float(b))
-        fixed = {"family": GENERATOR_FAMILY, "version": GENERATOR_VERSION, "init": INIT_RULE, "prng": PRNG_NAME}
+        if type(self.version) is not int or self.version not in INIT_RULES:
+            raise ConfigError(
+                f"generator version {self.version!r} is not supported (this library reads {sorted(INIT_RULES)})"
+            )
+        fixed = {"family": GENERATOR_FAMILY, "init": INIT_RULES[self.version], "prng": PRNG_NAME}
         for name, expected in fixed.items():
             if getattr(self, name) != expected:
                 raise ConfigError(f"generator {name} {getattr(self, name)!r} is not supported (expected {expected!r})")
@@ -128,7 +145,8 @@ def generator_weights(spec: GeneratorSpec) -> tuple[np.ndarray, ...]:
         if is_bias:
             bound = 1.0 / math.sqrt(fan_in)
         elif stream == 0:
-            bound = 1.0 / spec.k
+            # v2: L scales the first layer (one correctly rounded float64 division, as the PRNG spec requires).
+            bound = spec.bound / spec.k if spec.version == 2 else 1.0 / spec.k
         else:
             bound = math.sqrt(6.0 / spec.width)
         arr = prng.uniform_symmetric(spec.seed, stream, math.prod(shape), bound).reshape(shape)

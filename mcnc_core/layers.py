@@ -1,33 +1,67 @@
-"""``ManifoldWeight``: the trainable codes of one compressed tensor, and the hook that uses them."""
+"""``ManifoldWeight``: the trainable codes of one compressed tensor, and the hooks that use them."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from mcnc_core.decode import decode_tensor
+from mcnc_core import prng
+from mcnc_core.decode import decode_factors, decode_tensor
 from mcnc_core.generator import Generator, keep_dtype
 from mcnc_core.manifest import factor_shapes
 
-__all__ = ["ManifoldWeight", "regenerate_weights"]
+__all__ = ["AdapterKind", "ManifoldWeight", "add_adapter_output", "adapter_kind", "regenerate_weights"]
 
 PREFIX = "mcnc_"
+
+#: How a delta on low-rank factors enters a module's output without building the full weight:
+#: ``"linear"``: ``y += (x Bᵀ) Aᵀ`` (weight ``(out, in)``: ``nn.Linear`` and its subclasses, e.g.
+#: quantized linear layers); ``"conv1d"``: ``y += (x A) B`` (GPT-2's ``Conv1D``, weight ``(in, out)``).
+AdapterKind = Literal["linear", "conv1d"]
+
+
+def adapter_kind(module: nn.Module, pname: str) -> AdapterKind | None:
+    """The adapter form ``module.<pname>`` can train in, or ``None`` (then the full weight is rebuilt).
+
+    Only a module's ``weight`` whose forward is ``x @ Wᵀ + b`` (``nn.Linear``) or ``x @ W + b``
+    (``transformers``' ``Conv1D``, recognised by name and its ``nf`` attribute) qualifies.
+    """
+    if pname != "weight" or getattr(module.weight, "dim", lambda: 0)() != 2:
+        return None
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if type(module).__name__ == "Conv1D" and getattr(module, "nf", None) == module.weight.shape[1]:
+        return "conv1d"
+    return None
 
 
 class ManifoldWeight(nn.Module):
     """Codes ``alpha (n, k)`` and scales ``beta (n,)`` generating one tensor through ``generator``.
 
-    In delta mode the frozen base tensor is a (persistent) buffer and the codes generate the
-    difference. ``forward()`` returns the float32 weight of ``shape``.
+    Three forms: full mode (``base`` None, ``adapter`` None) generates the weight; delta mode keeps
+    the frozen base as a (persistent) buffer and generates the difference; adapter mode (delta on
+    factors of a linear layer) leaves the base in the module itself and only adds ``x Bᵀ Aᵀ`` to its
+    output (``adapter_output``), so a training step costs what the adapter costs, not the base.
+    ``forward(base)`` returns the float32 weight of ``shape`` (``base + A @ B`` in adapter mode).
     """
 
-    def __init__(self, generator: Generator, shape: tuple[int, ...], rank: int, base: Tensor | None) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        shape: tuple[int, ...],
+        rank: int,
+        base: Tensor | None,
+        adapter: AdapterKind | None = None,
+    ) -> None:
         super().__init__()
         self.generator = generator
         self.shape = tuple(shape)
         self.rank = rank
+        self.adapter = adapter
         self.factors = factor_shapes(shape, rank)
         d = generator.spec.chunk_size
         self.factor_chunks = [-(-math.prod(f) // d) for f in self.factors]
@@ -49,19 +83,20 @@ class ManifoldWeight(nn.Module):
         return super()._apply(keep_dtype(fn), recurse)
 
     def extra_repr(self) -> str:
-        return (
-            f"shape={list(self.shape)}, rank={self.rank}, chunks={self.alpha.shape[0]}, delta={self.base is not None}"
-        )
+        delta = self.base is not None or self.adapter is not None
+        form = f", adapter={self.adapter}" if self.adapter else ""
+        return f"shape={list(self.shape)}, rank={self.rank}, chunks={self.alpha.shape[0]}, delta={delta}{form}"
 
     @torch.no_grad()
-    def reset_codes(self, target_rms: float, zero_last: bool, alpha_init: float) -> None:
-        """Initialise codes: ``alpha ~ U(-a*L, a*L)`` (torch's global RNG; training need not be
-        portable, only the bundle is) and each factor's ``beta`` so the generated tensor has RMS
-        ``target_rms`` (``||beta * phi|| = beta``, so a chunk of RMS ``r`` needs ``beta = r*sqrt(d)``).
-        With ``zero_last`` the last factor starts at ``beta = 0`` (delta mode: start at the base)."""
+    def reset_codes(self, target_rms: float, zero_last: bool, alpha_range: float, seed: int, stream: int) -> None:
+        """Initialise codes: ``alpha ~ U(-alpha_range, alpha_range)`` from ``mcnc_core.prng``
+        (``seed``, ``stream``: the same on every machine), and each factor's ``beta`` so the
+        generated tensor has RMS ``target_rms`` (``||beta * phi|| = beta``, so a chunk of RMS ``r``
+        needs ``beta = r*sqrt(d)``). With ``zero_last`` the last factor starts at ``beta = 0``
+        (delta mode: start at the base)."""
         spec = self.generator.spec
-        lim = alpha_init * spec.bound
-        self.alpha.uniform_(-lim, lim)
+        values = prng.uniform_symmetric(seed, stream, self.alpha.numel(), alpha_range)
+        self.alpha.copy_(torch.from_numpy(values).reshape(self.alpha.shape))
         sqrt_d = math.sqrt(spec.chunk_size)
         if self.rank == 0:
             factor_rms = [target_rms]
@@ -77,13 +112,39 @@ class ManifoldWeight(nn.Module):
             self.beta[start : start + c] = rms * sqrt_d
             start += c
 
-    def forward(self) -> Tensor:
-        return decode_tensor(self.generator, self.alpha, self.beta, self.shape, self.factors, self.base)
+    def forward(self, base: Tensor | None = None) -> Tensor:
+        """The float32 weight; ``base`` is the module's own frozen weight in adapter mode."""
+        base = self.base if self.base is not None else base
+        return decode_tensor(self.generator, self.alpha, self.beta, self.shape, self.factors, base)
+
+    def adapter_output(self, x: Tensor) -> Tensor:
+        """``x Bᵀ Aᵀ`` (linear) or ``x A B`` (conv1d): what the delta adds to the module's output.
+
+        ``x``: ``(..., in)`` of any floating dtype; the factors are cast to it (as peft does).
+        """
+        a, b = decode_factors(self.generator, self.alpha, self.beta, self.factors)
+        if self.adapter == "linear":  # A: (out, r), B: (r, in)
+            return F.linear(F.linear(x, b.to(x.dtype)), a.to(x.dtype))
+        return (x @ a.to(x.dtype)) @ b.to(x.dtype)  # conv1d: A: (in, r), B: (r, out)
+
+
+def _children(module: nn.Module) -> list[tuple[str, ManifoldWeight]]:
+    return [(n, c) for n, c in module.named_children() if n.startswith(PREFIX) and isinstance(c, ManifoldWeight)]
 
 
 def regenerate_weights(module: nn.Module, args: object = None) -> None:
     """Forward pre-hook: set each compressed parameter of ``module`` from its codes."""
-    for child_name, child in module.named_children():
-        if child_name.startswith(PREFIX) and isinstance(child, ManifoldWeight):
+    for child_name, child in _children(module):
+        if child.adapter is None:
             w = child()
             setattr(module, child_name[len(PREFIX) :], w if w.dtype == child.out_dtype else w.to(child.out_dtype))
+
+
+def add_adapter_output(module: nn.Module, args: tuple[object, ...], output: Tensor) -> Tensor:
+    """Forward hook: add each adapter-mode child's ``adapter_output`` to the module's output."""
+    x = args[0]
+    assert isinstance(x, Tensor)
+    for _, child in _children(module):
+        if child.adapter is not None:
+            output = output + child.adapter_output(x)
+    return output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,9 @@ GOLDEN = {
     "golden_full_v1.mcnc": "fe4d37a1c8a0b7604050f95e04863f72f625fe5728f6d3b8d77de4b00d27e7f7",
     "golden_delta_r2_v1.mcnc": "cb4700f5b80c0ae1abb7bf7d74eec37ef8f36730479e4639c3af5252128d3a19",
     "golden_base_v1.safetensors": "5ab7f9fc6926607ec0fd1e787ef71a69dbf56904c103e9323a3b7c4f8d40732f",
+    "golden_full_v2.mcnc": "25cafe5e5ad0fba0a19f42becb73398614d1e7f51fc3985aa81fbc5d89f47608",
+    "golden_delta_r2_v2.mcnc": "f3df82316db8709e4be333d56e9ecc68aafdd7fbf060601fbb8e405b868e0499",
+    "golden_full_r16_v2.mcnc": "0fee79dd8a3285ac74fec2cff6bb4ec7b1888a22409ab3034f34cbe9cf2ed1f4",
 }
 
 
@@ -117,6 +121,37 @@ def test_golden_delta_bundle_reconstructs_with_its_base():
     torch.testing.assert_close(
         state["0.weight"].reshape(-1)[:2], torch.tensor([-0.20135803520679474, 0.08557052910327911]), rtol=1e-4, atol=0
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "ranks", "first"),
+    [
+        ("golden_full_v2.mcnc", [0, 0], [-0.07971043139696121, 0.04871058836579323]),
+        ("golden_delta_r2_v2.mcnc", [2, 2], [-0.20135803520679474, 0.08557052165269852]),
+        ("golden_full_r16_v2.mcnc", [16, 16], [-0.025499634444713593, -0.01864190399646759]),  # over-complete
+    ],
+)
+def test_golden_v2_bundles_reconstruct_to_their_fingerprints(name, ranks, first):
+    data = (DATA / name).read_bytes()
+    bundle = m.load_bundle(data)
+    assert bundle.to_bytes() == data
+    assert (bundle.spec.version, bundle.spec.init) == (2, "siren-frequency-v2")
+    assert [e.rank for e in bundle.manifest if e.storage == "mcnc"] == ranks
+    base = safetensors.torch.load_file(DATA / "golden_base_v1.safetensors") if bundle.base else None
+    state = m.reconstruct(bundle, base=base, verify=True)
+    torch.testing.assert_close(state["0.weight"].reshape(-1)[:2], torch.tensor(first), rtol=1e-4, atol=0)
+
+
+def test_golden_writer_still_produces_every_golden_file():
+    # Rebuilding the golden models with today's compress/export gives the frozen files (v1 and v2):
+    # the generator rules, the config serialisation and the writer have not drifted.
+    sys.path.insert(0, str(DATA))
+    try:
+        import make_golden
+    finally:
+        sys.path.remove(str(DATA))
+    for name, data in make_golden.build().items():
+        assert make_golden.same_content((DATA / name).read_bytes(), data), name
 
 
 # ---- malformed input: each case raises a specific MCNCError subclass naming the problem ----
@@ -158,8 +193,16 @@ def test_unknown_format_or_version(data):
     ]:
         with pytest.raises(m.UnsupportedVersionError, match=match):
             m.load_bundle(rewrite(data, meta=lambda md, k=key, v=value: md.__setitem__(k, v)))
-    with pytest.raises(m.UnsupportedVersionError, match="generator 'mcnc-sine-mlp' version 2"):
-        m.load_bundle(rewrite(data, meta=set_json("generator", lambda g: g.__setitem__("version", 2))))
+    with pytest.raises(m.UnsupportedVersionError, match="generator 'mcnc-sine-mlp' version 3 is not supported"):
+        m.load_bundle(rewrite(data, meta=set_json("generator", lambda g: g.__setitem__("version", 3))))
+    for bad in (True, 2.0, "2"):
+        with pytest.raises(m.UnsupportedVersionError, match="is not supported"):
+            m.load_bundle(rewrite(data, meta=set_json("generator", lambda g, v=bad: g.__setitem__("version", v))))
+    # A version whose init rule the spec does not name is refused, not reinterpreted.
+    other = {2: "siren-uniform-v1", 1: "siren-frequency-v2"}
+    with pytest.raises(m.BundleFormatError, match="init .* is not supported"):
+        m.load_bundle(rewrite(data, meta=set_json("generator", lambda g: g.__setitem__("version", 3 - g["version"]))))
+    assert other  # both directions are covered by the fixture's version (v2) and the golden v1 files
 
 
 def test_unknown_and_missing_metadata_keys(data):

@@ -1,0 +1,70 @@
+"""``param_groups``: the training recipe — optimizer groups with the recommended learning rates.
+
+Codes, scales and raw parameters live on different scales and want different step sizes under
+Adam (whose step is ``lr`` in each parameter's own units): codes move on the generator's input
+range (``[-1, 1]`` at generator version 2, where ``L`` is a frequency, not a range), scales are
+weight norms per chunk, raw tensors (biases, normalisation, a new head) are ordinary weights.
+The rates below were chosen on a validation split (``benchmarks/ablation.py``,
+``docs/ablation.md``); test data never entered the choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mcnc_core.compress import get_state
+from mcnc_core.errors import ConfigError
+
+__all__ = ["RECOMMENDED_LR", "param_groups"]
+
+#: ``(codes, scales, raw)`` Adam learning rates per mode, for generator version 2 codes.
+RECOMMENDED_LR: dict[str, tuple[float, float, float]] = {
+    "full": (0.02, 0.02, 0.01),
+    "delta": (0.005, 0.005, 0.002),
+}
+
+
+def _rate(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def param_groups(
+    model: nn.Module, lr: float | None = None, *, scale_lr: float | None = None, raw_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for a compressed model: ``torch.optim.Adam(param_groups(model))``.
+
+    Three groups (empty ones are left out), each a dict with ``params``, ``lr`` and ``name``:
+    ``"mcnc.codes"`` (every ``alpha``), ``"mcnc.scales"`` (every ``beta``) and ``"raw"`` (every
+    other parameter that requires grad: biases, normalisation, delta mode's ``trainable``).
+    Frozen parameters are never included.
+
+    Args:
+        model: a model after ``mcnc_core.compress``.
+        lr: the code learning rate; ``None`` takes ``RECOMMENDED_LR`` for the model's mode. When
+            given, the scale and raw rates keep their recommended ratio to it (one knob to tune).
+        scale_lr: overrides the scales' rate.
+        raw_lr: overrides the raw parameters' rate.
+
+    Returns:
+        A list of param-group dicts for any ``torch.optim`` optimizer.
+
+    Raises:
+        ModelError: the model is not compressed.
+        ConfigError: a rate is not a positive finite number.
+    """
+    state = get_state(model)
+    codes0, scales0, raw0 = RECOMMENDED_LR[state.config.mode]
+    code_rate = codes0 if lr is None else _rate("lr", lr)
+    factor = code_rate / codes0
+    scale_rate = scales0 * factor if scale_lr is None else _rate("scale_lr", scale_lr)
+    raw_rate = raw0 * factor if raw_lr is None else _rate("raw_lr", raw_lr)
+    codes = [mw.alpha for mw in state.targets.values() if mw.alpha.requires_grad]
+    scales = [mw.beta for mw in state.targets.values() if mw.beta.requires_grad]
+    taken = {id(p) for p in (*codes, *scales)}
+    raw = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups = [("mcnc.codes", codes, code_rate), ("mcnc.scales", scales, scale_rate), ("raw", raw, raw_rate)]
+    return [{"params": ps, "lr": rate, "name": name} for name, ps, rate in groups if ps]
