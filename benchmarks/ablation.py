@@ -1,21 +1,24 @@
-"""One-factor-at-a-time ablation of MCNC's defaults on mnist1d (full mode, MLP 40-256-256-10).
+"""Ablation of MCNC's defaults and training recipe, chosen on a validation split.
 
-Around a base point (k=8, chunk_size=1024, width=64, depth=2, bound L=10, alpha_init=1.0,
-Adam lr = --base-lr), each row changes one factor: the k/d pair (ratio ~100 on the targeted
-weights), the bound L, the generator width and depth, alpha_init and the learning rate. Every
-row is trained for the same number of Adam steps (minibatch 256, cosine decay to 0) with each
-seed; the seed drives the model init, the codes' init, the batch order and the generator seed.
-The data set is fixed (mnist1d, ``args.seed = 42``, 4000 train / 1000 test).
+Task (the one the recipe is judged on): mnist1d generated locally (``args.seed = 42``; 4000
+train / 1000 test; the last 500 training samples, after a fixed shuffle, are the validation
+split and never trained on), MLP 40-128-128-10 (22,784 weights), full mode, a 2 % stored budget
+on the weights (456 numbers; biases raw and trained), ``min_numel = 1``, ``chunk_size`` the
+smallest whose codes + scales fit the budget. Adam through ``mcnc_core.param_groups``, cosine
+decay to 0, minibatch 128, 800 steps; every number is the accuracy at the last step.
 
-Reported per row: mean ± std test accuracy at the end of the budget (never the best step),
-stored numbers (codes, scales and raw biases), the ratio on the targeted weights, and the
-overall ratio = float32 safetensors bytes of the full state dict / bundle bytes.
+One factor is varied at a time around a base point; every row is judged on VALIDATION
+(mean ± std over ``--seeds``). ``--test`` then trains the base point (and the landed v1 recipe
+for reference) with fresh seeds and reports test accuracy: test data never enters a choice.
+A seed drives the model init, the initial codes (``init_seed``), the batch order and the
+generator seed.
 
 Usage::
 
-    python benchmarks/ablation.py                      # full run (~10 min on 2 CPU cores)
-    python benchmarks/ablation.py --out docs/ablation.md
-    python benchmarks/ablation.py --quick              # 1 setting, 100 steps, 2000 samples (smoke test)
+    python benchmarks/ablation.py --out docs/ablation-runs/main.md          # all rows, seeds 0 1
+    python benchmarks/ablation.py --factors base lr --seeds 0 1 2
+    python benchmarks/ablation.py --test --seeds 10 11 12                   # base point on test
+    python benchmarks/ablation.py --quick                                   # smoke test (~10 s)
 """
 
 from __future__ import annotations
@@ -31,183 +34,201 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mcnc_core
+from mcnc_core.manifest import factor_shapes
 
 DATA_SEED = 42
+VAL = 500
+BUDGET = 0.02
+SHAPES = [(128, 40), (128, 128), (10, 128)]
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the ablation; ``compressed=False`` is the uncompressed reference MLP."""
+    """One row; ``lr`` is the code lr (``param_groups``), ``scale_lr``/``raw_lr`` None = its ratio."""
 
     factor: str
     k: int = 8
-    chunk_size: int = 1024
     width: int = 64
     depth: int = 2
-    bound: float = 10.0
-    alpha_init: float = 1.0
-    lr: float | None = None  # None: the run's base lr
+    bound: float = 30.0
+    rank: int = 128
+    version: int = 2
+    lr: float = 0.02
+    scale_lr: float | None = None
+    raw_lr: float | None = None
+    one_lr: bool = False  # the landed recipe: one Adam lr for codes, scales and biases
     compressed: bool = True
 
-    def label(self, base_lr: float) -> str:
+    def label(self) -> str:
         if not self.compressed:
-            return f"uncompressed MLP (lr {self.lr_or(base_lr):g})"
-        return (
-            f"k={self.k} d={self.chunk_size} w={self.width} depth={self.depth} "
-            f"L={self.bound:g} a0={self.alpha_init:g} lr={self.lr_or(base_lr):g}"
-        )
+            return f"uncompressed MLP (lr {self.lr:g})"
+        lrs = f"lr={self.lr:g} (all)" if self.one_lr else f"lr={self.lr:g}"
+        if self.scale_lr is not None:
+            lrs += f" scale_lr={self.scale_lr:g}"
+        if self.raw_lr is not None:
+            lrs += f" raw_lr={self.raw_lr:g}"
+        return f"v{self.version} k={self.k} w={self.width} depth={self.depth} L={self.bound:g} rank={self.rank} {lrs}"
 
-    def lr_or(self, base_lr: float) -> float:
-        return base_lr if self.lr is None else self.lr
+
+BASE = Setting("base")
+LANDED = Setting("landed v1 recipe", bound=10.0, rank=0, version=1, lr=0.05, one_lr=True)
 
 
 def settings_full() -> list[Setting]:
-    base = Setting("base")
-    rows = [Setting("reference", lr=3e-3, compressed=False), base]
-    rows += [dataclasses.replace(base, factor="k/d", k=k, chunk_size=d) for k, d in [(4, 400), (8, 800), (16, 1600)]]
-    rows += [dataclasses.replace(base, factor="L", bound=b) for b in (1.0, 5.0, 20.0, 40.0)]
-    rows += [dataclasses.replace(base, factor="width", width=w) for w in (32, 128)]
-    rows += [dataclasses.replace(base, factor="depth", depth=n) for n in (1, 3)]
-    rows += [dataclasses.replace(base, factor="alpha_init", alpha_init=a) for a in (0.25, 0.5)]
-    rows += [dataclasses.replace(base, factor="lr", lr=lr) for lr in (0.005, 0.02, 0.1)]
+    r = dataclasses.replace
+    rows = [Setting("reference", lr=3e-3, compressed=False), LANDED, BASE]
+    rows += [r(BASE, factor="lr", lr=lr) for lr in (0.005, 0.01, 0.05)]
+    rows += [r(BASE, factor="L", bound=b) for b in (10.0, 60.0)]
+    rows += [r(BASE, factor="rank", rank=k) for k in (0, 16, 40)]
+    rows += [r(BASE, factor="k", k=k) for k in (4, 16)]
+    rows += [r(BASE, factor="width", width=w) for w in (32, 256)]
+    rows += [r(BASE, factor="scale_lr", scale_lr=s) for s in (0.005, 0.1)]
+    rows += [r(BASE, factor="raw_lr", raw_lr=s) for s in (0.002, 0.05)]
+    rows += [r(BASE, factor="version", version=1, bound=10.0, lr=0.2)]  # v1 at the lr that matches v2's steps
     return rows
 
 
-def load_data(num_samples: int = 5000) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """mnist1d generated locally (never downloaded): x (4000, 40), y (4000,), x_test, y_test."""
+def load_data(num_samples: int = 5000) -> tuple[Tensor, ...]:
+    """(x_train, y_train, x_val, y_val, x_test, y_test); mnist1d generated locally, never downloaded."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.seed = DATA_SEED
-    args.num_samples = num_samples  # 80 % train, 20 % test
-    data = make_dataset(args)
-    x = torch.tensor(data["x"], dtype=torch.float32)
-    xt = torch.tensor(data["x_test"], dtype=torch.float32)
-    return x, torch.tensor(data["y"]).long(), xt, torch.tensor(data["y_test"]).long()
+    args.num_samples = num_samples
+    d = make_dataset(args)
+    x, y = torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["y"]).long()
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(DATA_SEED))
+    tr, va = perm[:-VAL], perm[-VAL:]
+    xt, yt = torch.tensor(d["x_test"], dtype=torch.float32), torch.tensor(d["y_test"]).long()
+    return x[tr], y[tr], x[va], y[va], xt, yt
 
 
-def make_mlp(hidden: int = 256) -> nn.Module:
-    return nn.Sequential(nn.Linear(40, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+def make_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(40, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-def train(model: nn.Module, data: tuple[Tensor, ...], *, lr: float, steps: int, seed: int, batch: int = 256) -> float:
-    """Adam + cosine decay to 0 over ``steps`` minibatches; returns the final test accuracy."""
-    x, y, xt, yt = data
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+def chunk_size_for(k: int, rank: int, budget: int) -> int:
+    """The smallest chunk size whose codes + scales for ``SHAPES`` fit ``budget`` numbers."""
+
+    def numbers(d: int) -> int:
+        return sum(-(-math.prod(f) // d) for s in SHAPES for f in factor_shapes(s, rank)) * (k + 1)
+
+    lo, hi = 2, 1 << 20
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if numbers(mid) <= budget else (mid + 1, hi)
+    return lo
+
+
+def run_one(s: Setting, seed: int, x: Tensor, y: Tensor, xe: Tensor, ye: Tensor, *, steps: int) -> dict[str, float]:
+    torch.manual_seed(seed)
+    model = make_mlp()
+    if s.compressed:
+        budget = round(BUDGET * sum(math.prod(sh) for sh in SHAPES))
+        cfg = mcnc_core.MCNCConfig(
+            k=s.k,
+            chunk_size=chunk_size_for(s.k, s.rank, budget),
+            width=s.width,
+            depth=s.depth,
+            bound=s.bound,
+            rank=s.rank,
+            generator_version=s.version,
+            seed=seed,
+            init_seed=seed,
+            min_numel=1,
+        )
+        mcnc_core.compress(model, cfg)
+        if s.one_lr:
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": s.lr}]
+        else:
+            groups = mcnc_core.param_groups(model, lr=s.lr, scale_lr=s.scale_lr, raw_lr=s.raw_lr)
+    else:
+        groups = [{"params": list(model.parameters()), "lr": s.lr}]
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
     model.train()
     for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        idx = torch.randint(0, x.shape[0], (128,), generator=g)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    return accuracy(model, xt, yt)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    model.eval()
-    return float((model(x).argmax(1) == y).float().mean())
-
-
-def run_one(s: Setting, seed: int, data: tuple[Tensor, ...], *, steps: int, base_lr: float) -> dict[str, float]:
-    torch.manual_seed(seed)
-    model = make_mlp()
-    dense_bytes = len(st_save({k: v.float().contiguous() for k, v in model.state_dict().items()}))
-    n_params = sum(p.numel() for p in model.parameters())
-    if s.compressed:
-        cfg = mcnc_core.MCNCConfig(
-            k=s.k,
-            chunk_size=s.chunk_size,
-            width=s.width,
-            depth=s.depth,
-            bound=s.bound,
-            alpha_init=s.alpha_init,
-            seed=seed,
-        )
-        mcnc_core.compress(model, cfg)
-    t0 = time.perf_counter()
-    acc = train(model, data, lr=s.lr_or(base_lr), steps=steps, seed=seed)
     seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(xe).argmax(1) == ye).float().mean())
     if not s.compressed:
-        return {"acc": acc, "stored": n_params, "target_ratio": 1.0, "ratio": 1.0, "seconds": seconds}
+        return {"acc": acc, "stored": sum(p.numel() for p in model.parameters()), "seconds": seconds, "d": 0}
     bundle = mcnc_core.export_bundle(model)
-    nbytes = len(bundle.to_bytes())
     codes = bundle.alpha.numel() + bundle.beta.numel()
-    targeted = sum(e.numel for e in bundle.manifest if e.storage == "mcnc")
-    return {
-        "acc": acc,
-        "stored": bundle.stored_numbers,
-        "target_ratio": targeted / codes,
-        "ratio": dense_bytes / nbytes,
-        "seconds": seconds,
-    }
+    return {"acc": acc, "stored": codes, "seconds": seconds, "d": bundle.spec.chunk_size}
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def format_table(rows: list[tuple[Setting, list[dict[str, float]]]], base_lr: float) -> str:
+def format_table(rows: list[tuple[Setting, list[dict[str, float]]]], split: str) -> str:
     lines = [
-        "| factor | setting | test acc % (mean ± std) | stored numbers | ratio on targets | overall ratio (bytes) |"
-        " s/run |",
-        "|---|---|---|---|---|---|---|",
+        f"| factor | setting | {split} acc % (mean ± std) | chunk size d | stored codes+scales | s/run |",
+        "|---|---|---|---|---|---|",
     ]
     for s, results in rows:
         m, sd = mean_std([100 * r["acc"] for r in results])
-        r0 = results[0]
         secs = statistics.fmean(r["seconds"] for r in results)
-        lines.append(
-            f"| {s.factor} | {s.label(base_lr)} | {m:.1f} ± {sd:.1f} | {int(r0['stored'])} | "
-            f"{r0['target_ratio']:.1f}x | {r0['ratio']:.1f}x | {secs:.1f} |"
-        )
+        r0 = results[0]
+        lines.append(f"| {s.factor} | {s.label()} | {m:.1f} ± {sd:.1f} | {int(r0['d'])} | {int(r0['stored'])} | {secs:.1f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="one setting, 100 steps, one seed, 2000 samples (smoke test)")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps per run (default 1500; quick: 100)")
+    p.add_argument("--quick", action="store_true", help="base point only, 60 steps, one seed, 2000 samples")
+    p.add_argument("--test", action="store_true", help="train the base point and the landed recipe; report TEST")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps per run (default 800; quick: 60)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1; quick: 0)")
-    p.add_argument("--base-lr", type=float, default=0.05, help="Adam lr of the base point (default 0.05)")
-    p.add_argument("--factors", nargs="+", default=None, help="only rows of these factors (e.g. base L lr)")
+    p.add_argument("--factors", nargs="+", default=None, help="only rows of these factors (e.g. base lr L)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table (and command) here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    steps = a.steps or (100 if a.quick else 1500)
+    steps = a.steps or (60 if a.quick else 800)
     seeds = a.seeds or ([0] if a.quick else [0, 1])
-    settings = [Setting("base")] if a.quick else settings_full()
+    if a.quick:
+        settings = [BASE]
+    elif a.test:
+        settings = [Setting("reference", lr=3e-3, compressed=False), LANDED, BASE]
+    else:
+        settings = settings_full()
     if a.factors is not None:
         settings = [s for s in settings if s.factor in a.factors]
 
     t_start = time.perf_counter()
-    data = load_data(2000 if a.quick else 5000)
+    xtr, ytr, xva, yva, xte, yte = load_data(2000 if a.quick else 5000)
+    split = "test" if a.test else "validation"
+    xe, ye = (xte, yte) if a.test else (xva, yva)
     rows: list[tuple[Setting, list[dict[str, float]]]] = []
     for s in settings:
-        results = [run_one(s, seed, data, steps=steps, base_lr=a.base_lr) for seed in seeds]
+        results = [run_one(s, seed, xtr, ytr, xe, ye, steps=steps) for seed in seeds]
         rows.append((s, results))
         accs = ", ".join(f"{100 * r['acc']:.1f}" for r in results)
-        print(f"{s.factor:>10} | {s.label(a.base_lr)} | acc {accs}", flush=True)
+        print(f"{s.factor:>16} | {s.label()} | {split} acc {accs}", flush=True)
         for r in results:
             if not all(math.isfinite(v) for v in r.values()):
                 raise SystemExit(f"non-finite result for {s}: {r}")
-    table = format_table(rows, a.base_lr)
+    table = format_table(rows, split)
     total = time.perf_counter() - t_start
     command = " ".join(["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     info = (
-        f"steps={steps} batch=256 seeds={seeds} base_lr={a.base_lr:g} data_seed={DATA_SEED} "
+        f"steps={steps} batch=128 seeds={seeds} budget={BUDGET:g} split={split} data_seed={DATA_SEED} "
         f"threads={a.threads} torch={torch.__version__} python={platform.python_version()} "
         f"cpu={platform.machine()} total={total:.0f}s"
     )

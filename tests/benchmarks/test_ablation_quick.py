@@ -19,13 +19,13 @@ def test_ablation_quick(tmp_path: Path) -> None:
     rows = [line for line in stdout.splitlines() if line.startswith("| base |")]
     assert len(rows) == 1, stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert "v2" in cells[1] and "rank=128" in cells[1]  # the recipe's base point: generator v2, over-complete
     acc_mean, acc_std = (float(v) for v in re.findall(r"[-\d.]+|nan|inf", cells[2]))
-    stored = int(cells[3])
-    target_ratio, overall_ratio, seconds = (float(c.rstrip("x")) for c in cells[4:7])
-    for v in (acc_mean, acc_std, target_ratio, overall_ratio, seconds):
+    chunk, stored, seconds = int(cells[3]), int(cells[4]), float(cells[5])
+    for v in (acc_mean, acc_std, seconds):
         assert math.isfinite(v)
-    assert acc_mean > 10.0  # above chance (10 classes) even after 100 steps
-    assert stored > 0
-    assert target_ratio > 50 and overall_ratio > 10
+    assert acc_mean > 10.0  # above chance (10 classes) even after 60 steps
+    assert 0 < stored <= round(0.02 * 22784)  # the 2 % budget holds
+    assert chunk > 128  # over-complete factors at 2 %: chunks larger than a layer's row
     text = out.read_text()
-    assert "benchmarks/ablation.py --quick" in text and "| base |" in text
+    assert "benchmarks/ablation.py --quick" in text and "split=validation" in text
