@@ -185,7 +185,8 @@ def format_table(rows: list[tuple[Setting, list[dict[str, float]]]], split: str)
         m, sd = mean_std([100 * r["acc"] for r in results])
         secs = statistics.fmean(r["seconds"] for r in results)
         r0 = results[0]
-        lines.append(f"| {s.factor} | {s.label()} | {m:.1f} ± {sd:.1f} | {int(r0['d'])} | {int(r0['stored'])} | {secs:.1f} |")
+        cells = [s.factor, s.label(), f"{m:.1f} ± {sd:.1f}", str(int(r0["d"])), str(int(r0["stored"])), f"{secs:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
