@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     rate_limit: float = Field(0.0, ge=0, description="requests per second per token (or client); 0 = off")
     rate_limit_burst: int = Field(60, ge=1)
     load_timeout: float = Field(600.0, gt=0)
+    # PEFT adapters served on the Hub routes: dtype of the LoRA factors, and the export cache's budget.
+    adapter_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    adapter_cache_bytes: int = Field(256 << 20, ge=0)
 
     @field_validator("redis_url", "api_tokens", mode="before")
     @classmethod

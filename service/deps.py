@@ -11,12 +11,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.adapters import AdapterStore
 from service.config import Settings
 from service.engine import Engine
 from service.errors import ForbiddenError, RateLimitedError, UnauthorizedError
 from service.storage import Store
 
-__all__ = ["EngineDep", "RateLimiter", "SettingsDep", "StoreDep", "require"]
+__all__ = ["AdaptersDep", "EngineDep", "RateLimiter", "SettingsDep", "StoreDep", "require"]
 
 _IMPLIED = {"read": {"read", "write", "admin"}, "write": {"write", "admin"}, "admin": {"admin"}}
 
@@ -33,9 +34,14 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
+def _adapters(request: Request) -> AdapterStore:
+    return request.app.state.adapters  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[Store, Depends(_store)]
 EngineDep = Annotated[Engine, Depends(_engine)]
+AdaptersDep = Annotated[AdapterStore, Depends(_adapters)]
 
 
 class RateLimiter:

@@ -9,20 +9,26 @@
     ├── NotFoundError                  404 not_found
     │   ├── BundleNotFoundError        404 bundle_not_found
     │   ├── ModelNotFoundError         404 model_not_found
-    │   └── BaseNotFoundError          404 base_not_found
+    │   ├── BaseNotFoundError          404 base_not_found
+    │   ├── RepoNotFoundError          404 repo_not_found       (Hub routes; X-Error-Code RepoNotFound)
+    │   ├── RevisionNotFoundError      404 revision_not_found   (Hub routes; X-Error-Code RevisionNotFound)
+    │   └── EntryNotFoundError         404 entry_not_found      (Hub routes; X-Error-Code EntryNotFound)
     ├── ConflictError                  409 conflict
+    │   └── BaseMissingError           409 base_missing: a delta's base is not registered here
     ├── PayloadTooLargeError           413 payload_too_large
     ├── RangeNotSatisfiableError       416 range_not_satisfiable
     ├── InvalidBundleError             422 invalid_bundle
     ├── InvalidBaseError               422 invalid_base
     ├── LimitExceededError             422 limit_exceeded
-    ├── BaseNotRegisteredError         422 base_not_registered
+    ├── NotAnAdapterError              422 not_an_adapter: no exact PEFT LoRA form (full mode, rank 0)
     ├── RateLimitedError               429 rate_limited (Retry-After)
     ├── BusyError                      429 busy (Retry-After)
     └── InsecureBindError              refused at startup: non-loopback host without tokens
 
 Every response body is ``{"error": {"code", "message", "request_id"}}`` and ``X-Error-Code``
-repeats the code.
+repeats the code, except for the three Hub-route errors marked above: there ``X-Error-Code``
+carries the Hugging Face Hub's name, from which ``huggingface_hub`` picks its exception class;
+``X-Error-Message`` repeats the message for it too.
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "ERROR_CODES",
+    "BaseMissingError",
     "BaseNotFoundError",
-    "BaseNotRegisteredError",
     "BundleNotFoundError",
     "BusyError",
     "ConflictError",
+    "EntryNotFoundError",
     "ForbiddenError",
     "InsecureBindError",
     "InvalidBaseError",
@@ -50,10 +57,13 @@ __all__ = [
     "InvalidRequestError",
     "LimitExceededError",
     "ModelNotFoundError",
+    "NotAnAdapterError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RangeNotSatisfiableError",
     "RateLimitedError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
     "ServiceError",
     "UnauthorizedError",
     "error_response",
@@ -68,6 +78,7 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    hub_code: str | None = None  # the Hub's X-Error-Code for this error, on the Hub routes
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -103,8 +114,24 @@ class BaseNotFoundError(NotFoundError):
     code = "base_not_found"
 
 
+class RepoNotFoundError(NotFoundError):
+    code, hub_code = "repo_not_found", "RepoNotFound"
+
+
+class RevisionNotFoundError(NotFoundError):
+    code, hub_code = "revision_not_found", "RevisionNotFound"
+
+
+class EntryNotFoundError(NotFoundError):
+    code, hub_code = "entry_not_found", "EntryNotFound"
+
+
 class ConflictError(ServiceError):
     status, code = 409, "conflict"
+
+
+class BaseMissingError(ConflictError):
+    code = "base_missing"
 
 
 class PayloadTooLargeError(ServiceError):
@@ -127,8 +154,8 @@ class LimitExceededError(ServiceError):
     status, code = 422, "limit_exceeded"
 
 
-class BaseNotRegisteredError(ServiceError):
-    status, code = 422, "base_not_registered"
+class NotAnAdapterError(ServiceError):
+    status, code = 422, "not_an_adapter"
 
 
 class RateLimitedError(ServiceError):
@@ -155,13 +182,17 @@ ERROR_CODES: dict[str, int] = {
         BundleNotFoundError,
         ModelNotFoundError,
         BaseNotFoundError,
+        RepoNotFoundError,
+        RevisionNotFoundError,
+        EntryNotFoundError,
         ConflictError,
+        BaseMissingError,
         PayloadTooLargeError,
         RangeNotSatisfiableError,
         InvalidBundleError,
         InvalidBaseError,
         LimitExceededError,
-        BaseNotRegisteredError,
+        NotAnAdapterError,
         RateLimitedError,
         BusyError,
         ServiceError,
@@ -179,7 +210,11 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    response = error_response(exc.status, exc.code, exc.message, exc.headers)
+    if exc.hub_code is not None:
+        response.headers["X-Error-Code"] = exc.hub_code
+        response.headers["X-Error-Message"] = exc.message.encode("ascii", "replace").decode()
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Builds and closes what the app holds: store, caches, Redis client, device, engine."""
+"""Builds and closes what the app holds: store, caches, Redis client, device, engine, adapter exports."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.adapters import AdapterStore
 from service.cache import MemoryCache, RedisCache
 from service.engine import Engine
 from service.storage import LocalStore
@@ -36,6 +37,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("Redis at %s is not answering; tier 2 stays off until it does", settings.redis_url)
     app.state.store = store
     app.state.engine = Engine(settings, store, metrics, memory, redis)
+    app.state.adapters = AdapterStore(
+        app.state.engine, dtype=settings.adapter_dtype, budget=settings.adapter_cache_bytes
+    )
     log.info("mcnc service: data %s, device %s", settings.data_dir, app.state.engine.device)
     try:
         yield

@@ -56,7 +56,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, wrapped)
         finally:
             route: Any = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            # "/models/{ref:path}" is labelled "/models/{ref}": labels name routes, not converters.
+            path = (getattr(route, "path", None) or "unmatched").replace(":path}", "}")
             method = scope.get("method", "")
             self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path, method).observe(time.perf_counter() - start)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from service.errors import RangeNotSatisfiableError
 
-__all__ = ["etag_matches", "file_pieces", "parse_range"]
+__all__ = ["etag_matches", "file_pieces", "parse_range", "validate_request"]
 
 
 def parse_range(
@@ -58,6 +58,32 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
     return "*" in tags or f'"{etag}"' in tags
+
+
+def validate_request(
+    request_headers: Mapping[str, str], total: int, etag: str, headers: dict[str, str]
+) -> tuple[int, int, int] | None:
+    """Apply ``If-None-Match`` and ``Range``/``If-Range`` to a representation of ``total`` bytes.
+
+    Sets ``ETag``, ``Accept-Ranges`` and (unless 304) ``Content-Length`` and ``Content-Range`` in
+    ``headers``.
+
+    Returns:
+        ``None`` when the client's copy is current (answer 304 with ``headers``), else
+        ``(status, start, end)``: 200 or 206 and the byte range ``[start, end)`` to send.
+
+    Raises:
+        RangeNotSatisfiableError: as ``parse_range``.
+    """
+    headers.update({"ETag": f'"{etag}"', "Accept-Ranges": "bytes"})
+    if etag_matches(request_headers.get("if-none-match"), etag):
+        return None
+    rng = parse_range(request_headers.get("range"), total, if_range=request_headers.get("if-range"), etag=etag)
+    start, end = rng or (0, total)
+    if rng is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+    headers["Content-Length"] = str(end - start)
+    return (206 if rng is not None else 200), start, end
 
 
 def file_pieces(path: Path, start: int, end: int, piece: int = 1 << 20) -> Iterator[bytes]:

@@ -40,7 +40,9 @@ __all__ = [
 
 Kind = Literal["bundles", "bases"]
 _HEX = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})?")  # "name" or "org/name", as Hub repo ids
+_RESERVED_SEGMENT = "resolve"  # the Hub routes' /{repo}/resolve/{revision}/{file}
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 DEFAULT_TAG = "latest"
 
@@ -58,9 +60,13 @@ class Ref:
 
 
 def validate_name(name: str, what: str = "name") -> str:
-    """Check a model name (letters, digits, ``._-``; no path characters); return it."""
-    if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise InvalidRequestError(f"invalid {what} {name!r}: use 1-128 of [A-Za-z0-9._-], starting with a letter/digit")
+    """Check a model name: ``name`` or ``org/name``, each part 1-128 of letters, digits and
+    ``._-`` starting with a letter or digit, and not ``resolve`` (a Hub route word); return it."""
+    if not _NAME.fullmatch(name) or _RESERVED_SEGMENT in name.split("/"):
+        raise InvalidRequestError(
+            f"invalid {what} {name!r}: use name or org/name, each part 1-128 of [A-Za-z0-9._-] starting with "
+            f"a letter/digit, and not {_RESERVED_SEGMENT!r}"
+        )
     return name
 
 
@@ -173,6 +179,8 @@ class Store(abc.ABC):
     def delete_tag(self, name: str, tag: str) -> bool: ...
     @abc.abstractmethod
     def tags_for(self, digest: str) -> list[TagRecord]: ...
+    @abc.abstractmethod
+    def tags_named(self, name: str) -> list[TagRecord]: ...
     @abc.abstractmethod
     def list_tags(self, *, limit: int, offset: int) -> tuple[list[TagRecord], int]: ...
     @abc.abstractmethod
@@ -304,6 +312,10 @@ class LocalStore(Store):
 
     def tags_for(self, digest: str) -> list[TagRecord]:
         rows = self._query("SELECT * FROM tags WHERE digest=? ORDER BY name, tag", (digest,))
+        return [TagRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def tags_named(self, name: str) -> list[TagRecord]:
+        rows = self._query("SELECT * FROM tags WHERE name=? ORDER BY tag", (name,))
         return [TagRecord(*r) for r in rows]  # type: ignore[arg-type]
 
     def list_tags(self, *, limit: int, offset: int) -> tuple[list[TagRecord], int]:

@@ -12,9 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 import mcnc_core
 from service.config import Settings
-from service.deps import EngineDep, SettingsDep, StoreDep, require
+from service.deps import AdaptersDep, EngineDep, SettingsDep, StoreDep, require
 from service.errors import (
-    BaseNotRegisteredError,
     BundleNotFoundError,
     ConflictError,
     InvalidBundleError,
@@ -22,7 +21,7 @@ from service.errors import (
     LimitExceededError,
     PayloadTooLargeError,
 )
-from service.ranges import etag_matches, file_pieces, parse_range
+from service.ranges import file_pieces, validate_request
 from service.schemas import BundlePublic, TagPublic
 from service.storage import DEFAULT_TAG, BundleRecord, Store, TempBlob, parse_ref, validate_name, validate_tag
 
@@ -74,7 +73,11 @@ async def receive_body(request: Request, store: Store, limit: int) -> TempBlob:
 def _store_bundle(
     store: Store, settings: Settings, tmp: TempBlob, name: str | None, tag: str
 ) -> tuple[BundleRecord, bool]:
-    """Validate with the strict reader, then commit blob and metadata; the temp file never survives."""
+    """Validate with the strict reader, then commit blob and metadata; the temp file never survives.
+
+    A delta bundle is accepted without its base: clients that hold the base reconstruct locally,
+    adapters need none; only server-side weights need it (409 ``base_missing`` until registered).
+    """
     try:
         digest = tmp.finish()
         rec = store.get_bundle(digest)
@@ -87,11 +90,6 @@ def _store_bundle(
                 raise LimitExceededError(f"bundle refused: {exc}") from exc
             except mcnc_core.MCNCError as exc:
                 raise InvalidBundleError(f"not a valid MCNC bundle ({type(exc).__name__}): {exc}") from exc
-            if bundle.base is not None and store.get_base(bundle.base.sha256) is None:
-                raise BaseNotRegisteredError(
-                    f"delta bundle needs base sha256:{bundle.base.sha256} ({bundle.base.name or 'unnamed'}); "
-                    "register it first with POST /bases"
-                )
             rec = BundleRecord(
                 digest=digest,
                 size=tmp.size,
@@ -142,17 +140,11 @@ async def upload_bundle(
 
 def blob_response(request: Request, path: Path, etag: str, headers: dict[str, str]) -> Response:
     """A stored blob with ETag/304, Range/206/416, HEAD; read in pieces from a worker thread."""
-    headers = {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-    if etag_matches(request.headers.get("if-none-match"), etag):
+    headers = dict(headers)
+    answer = validate_request(request.headers, path.stat().st_size, etag, headers)
+    if answer is None:
         return Response(status_code=304, headers=headers)
-    total = path.stat().st_size
-    rng = parse_range(request.headers.get("range"), total, if_range=request.headers.get("if-range"), etag=etag)
-    start, end = rng or (0, total)
-    status = 200
-    if rng is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-    headers["Content-Length"] = str(end - start)
+    status, start, end = answer
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     return StreamingResponse(
@@ -160,8 +152,8 @@ def blob_response(request: Request, path: Path, etag: str, headers: dict[str, st
     )
 
 
-@router.get("/bundles/{ref}", operation_id="get_bundle", dependencies=[Depends(require("read"))])
-@router.head("/bundles/{ref}", operation_id="head_bundle", dependencies=[Depends(require("read"))])
+@router.get("/bundles/{ref:path}", operation_id="get_bundle", dependencies=[Depends(require("read"))])
+@router.head("/bundles/{ref:path}", operation_id="head_bundle", dependencies=[Depends(require("read"))])
 def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
     """The raw bundle file."""
     parsed = parse_ref(ref)
@@ -174,7 +166,7 @@ def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
 
 
 @router.delete("/bundles/{id}", status_code=204, dependencies=[Depends(require("admin"))])
-def delete_bundle(id: str, store: StoreDep, engine: EngineDep, force: bool = False) -> Response:
+def delete_bundle(id: str, store: StoreDep, engine: EngineDep, adapters: AdaptersDep, force: bool = False) -> Response:
     """Delete a bundle by digest; 409 while names point at it unless ``force=true``."""
     parsed = parse_ref(id)
     if parsed.digest is None:
@@ -187,4 +179,5 @@ def delete_bundle(id: str, store: StoreDep, engine: EngineDep, force: bool = Fal
         raise ConflictError(f"bundle is still named by {names}; remove those names or pass force=true")
     store.delete_bundle(parsed.digest)
     engine.forget(parsed.digest)
+    adapters.forget(parsed.digest)
     return Response(status_code=204)

@@ -47,7 +47,7 @@ async def list_models(
     return ModelsPublic(items=[TagPublic(**vars(t)) for t in tags], total=total, limit=limit, offset=offset)
 
 
-@router.get("/models/{ref}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
+@router.get("/models/{ref:path}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
 def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
     """Metadata of the bundle ``ref`` resolves to."""
     digest = store.resolve(parse_ref(ref))
@@ -58,7 +58,7 @@ def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
     return ModelPublic(**bundle_public(store, rec).model_dump(), loaded=tiers)
 
 
-@router.delete("/models/{ref}", dependencies=[Depends(require("admin"))])
+@router.delete("/models/{ref:path}", dependencies=[Depends(require("admin"))])
 def delete_model(ref: str, store: StoreDep) -> dict[str, str]:
     """Remove a name:tag (the bundle stays; delete it with ``DELETE /bundles/{id}``)."""
     parsed = parse_ref(ref)

@@ -12,8 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine, Layout
-from service.errors import ModelNotFoundError
-from service.ranges import etag_matches, parse_range
+from service.errors import BaseMissingError, ModelNotFoundError
+from service.ranges import validate_request
 from service.storage import Store, parse_ref
 
 router = APIRouter(tags=["weights"])
@@ -40,14 +40,21 @@ async def closing_stream(gen: Iterator[bytes | memoryview]) -> AsyncIterator[byt
 def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool, str | None]:
     parsed = parse_ref(ref)
     digest = store.resolve(parsed)
-    if digest is None:
+    rec = store.get_bundle(digest) if digest else None
+    if digest is None or rec is None:
         raise ModelNotFoundError(f"no model {ref!r}")
+    if rec.base_sha256 is not None and store.get_base(rec.base_sha256) is None:
+        raise BaseMissingError(
+            f"{ref!r} is a delta of base sha256:{rec.base_sha256} ({rec.base_name or 'unnamed'}), which this server "
+            "does not hold: register it with POST /bases (client.push_base(state_dict)), or reconstruct where the "
+            "base is (client.load(ref, base=state_dict)); its adapter needs no base (GET /api/models/{name}/...)"
+        )
     lay = engine.layout(digest, dtype)
     return lay, parsed.digest is not None, engine.weights_digest(lay)
 
 
-@router.get("/models/{ref}/weights", operation_id="get_weights", dependencies=[Depends(require("read"))])
-@router.head("/models/{ref}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))])
+@router.get("/models/{ref:path}/weights", operation_id="get_weights", dependencies=[Depends(require("read"))])
+@router.head("/models/{ref:path}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))])
 async def get_weights(
     ref: str,
     request: Request,
@@ -58,23 +65,16 @@ async def get_weights(
     """Reconstructed weights (safetensors); ETag, 304, Range/206 rebuilding only touched tensors."""
     lay, by_digest, weights_sha = await run_in_threadpool(_layout, store, engine, ref, dtype)
     headers = {
-        "ETag": f'"{lay.etag}"',
-        "Accept-Ranges": "bytes",
         "X-MCNC-Bundle-Digest": f"sha256:{lay.digest}",
         "X-MCNC-Numerics": engine.profile,
         "Cache-Control": "public, max-age=31536000, immutable" if by_digest else "no-cache",
     }
     if weights_sha is not None:  # known after a first full reconstruction; lets clients verify
         headers["X-MCNC-Weights-Digest"] = f"sha256:{weights_sha}"
-    if etag_matches(request.headers.get("if-none-match"), lay.etag):
+    answer = validate_request(request.headers, lay.total, lay.etag, headers)
+    if answer is None:
         return Response(status_code=304, headers=headers)
-    rng = parse_range(request.headers.get("range"), lay.total, if_range=request.headers.get("if-range"), etag=lay.etag)
-    start, end = rng or (0, lay.total)
-    status = 200
-    if rng is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{lay.total}"
-    headers["Content-Length"] = str(end - start)
+    status, start, end = answer
     media = "application/octet-stream"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)

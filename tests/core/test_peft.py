@@ -12,63 +12,18 @@ from torch import nn
 
 import mcnc_core as m
 from mcnc_core.peft import ExportError, check_vllm, export_peft, lora_factors, peft_adapter_files, peft_metadata
+from tests._adapters import CODES, TARGETS, gpt2, llama, logits, lora_delta, train
 
 peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
-
-TARGETS = ("*.q_proj.weight", "*.v_proj.weight", "*.o_proj.weight", "*.up_proj.weight", "*.down_proj.weight")
-CFG = dict(k=4, chunk_size=256, width=16, seed=3)
-
-
-def llama(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128)  # fmt: skip
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def gpt2(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32)
-    return transformers.GPT2LMHeadModel(cfg).eval()
-
-
-def trainable_params(model: nn.Module) -> list:
-    if hasattr(m, "param_groups"):
-        return m.param_groups(model)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def train(model: nn.Module, steps: int = 4) -> None:
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(trainable_params(model), lr=0.05)
-    model.train()
-    for _ in range(steps):
-        ids = torch.randint(0, 128, (2, 12), generator=g)
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-
-
-def logits(model: nn.Module) -> torch.Tensor:
-    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        return model(input_ids=ids).logits
 
 
 @pytest.fixture(scope="module")
 def trained_llama():
     """(bundle, base state dict taken before compress, logits of the trained compressed model)."""
-    model = llama()
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    targets = (*TARGETS, "model.embed_tokens.weight")
-    m.compress(model, m.MCNCConfig(mode="delta", rank=8, targets=targets, base_name="tiny-llama", **CFG))
-    train(model)
-    bundle = m.export_bundle(model, metadata=peft_metadata(model))  # records the Embedding target
-    assert json.loads(bundle.metadata["x-peft-modules"]) == {"conv1d": [], "embeddings": ["model.embed_tokens"]}
-    return bundle, base, logits(model)
+    case = lora_delta(targets=(*TARGETS, "model.embed_tokens.weight"))
+    # peft_metadata recorded the Embedding target in the bundle
+    assert json.loads(case.bundle.metadata["x-peft-modules"]) == {"conv1d": [], "embeddings": ["model.embed_tokens"]}
+    return case.bundle, case.base, case.logits
 
 
 def load_peft(directory, seed: int = 0, make=llama) -> nn.Module:
@@ -136,7 +91,7 @@ def test_default_dtype_is_bfloat16_and_deterministic(trained_llama, tmp_path):
 def test_modules_to_save_carry_raw_trainables(tmp_path):
     model = llama(1)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    m.compress(model, m.MCNCConfig(mode="delta", rank=8, targets=TARGETS, trainable=("model.norm.*",), **CFG))
+    m.compress(model, m.MCNCConfig(mode="delta", rank=8, targets=TARGETS, trainable=("model.norm.*",), **CODES))
     train(model, steps=2)
     bundle = m.export_bundle(model)
     out = export_peft(bundle, tmp_path / "a", dtype=torch.float32)
@@ -152,7 +107,7 @@ def test_modules_to_save_carry_raw_trainables(tmp_path):
 def test_gpt2_conv1d_needs_fan_in_fan_out(tmp_path):
     model = gpt2()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = m.MCNCConfig(mode="delta", rank=8, targets=("*.c_attn.weight", "*.c_proj.weight", "*.c_fc.weight"), **CFG)
+    cfg = m.MCNCConfig(mode="delta", rank=8, targets=("*.c_attn.weight", "*.c_proj.weight", "*.c_fc.weight"), **CODES)
     m.compress(model, cfg)
     train(model, steps=3)
     trained_logits = logits(model)
@@ -174,14 +129,14 @@ def test_gpt2_conv1d_needs_fan_in_fan_out(tmp_path):
 def mlp_delta(**kw) -> m.Bundle:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 10))
-    m.compress(net, m.MCNCConfig(**{**CFG, "mode": "delta", **kw}))
+    m.compress(net, m.MCNCConfig(**{**CODES, "mode": "delta", **kw}))
     return m.export_bundle(net)
 
 
 def test_what_cannot_be_exported_is_named(tmp_path):
     torch.manual_seed(0)
     full = nn.Sequential(nn.Linear(40, 64))
-    m.compress(full, m.MCNCConfig(**CFG))
+    m.compress(full, m.MCNCConfig(**CODES))
     with pytest.raises(ExportError, match="full-mode bundle is a whole model"):
         export_peft(m.export_bundle(full), tmp_path / "full")
     with pytest.raises(ExportError, match=r"tensor '0.weight' is a full delta \(rank 0\)"):

@@ -67,5 +67,6 @@ def test_malformed_base_is_refused_and_leaves_nothing(client, settings):
 def test_wrong_base_does_not_unlock_a_delta(client, delta):
     other = {k: v + 1 for k, v in delta.base.items()}
     client.post("/bases", content=save(other))
-    r = client.post("/bundles", content=delta.data)
-    assert r.status_code == 422 and error_code(r) == "base_not_registered"
+    client.post("/bundles", params={"name": "d"}, content=delta.data)
+    r = client.get("/models/d/weights")
+    assert r.status_code == 409 and error_code(r) == "base_missing"

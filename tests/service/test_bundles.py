@@ -48,7 +48,7 @@ def test_upload_with_name_and_tag(client, tiny):
 
 @pytest.mark.parametrize(
     ("params", "fragment"),
-    [({"name": "../etc"}, "invalid name"), ({"name": "a/b"}, "invalid name"), ({"name": "ok", "tag": "x/y"}, "tag")],
+    [({"name": "../etc"}, "invalid name"), ({"name": "a/b/c"}, "invalid name"), ({"name": "ok", "tag": "x/y"}, "tag")],
 )
 def test_names_with_path_characters_are_refused(client, tiny, settings, params, fragment):
     r = client.post("/bundles", params=params, content=tiny.data)
@@ -143,11 +143,17 @@ def test_parameter_limit_is_422(tmp_path, tiny):
     assert _leftovers(tmp_path) == []
 
 
-def test_delta_bundle_without_registered_base_is_refused(client, delta, settings):
-    r = client.post("/bundles", content=delta.data)
-    assert r.status_code == 422 and error_code(r) == "base_not_registered"
-    assert delta.bundle.base.sha256 in r.json()["error"]["message"]
-    assert _leftovers(settings.data_dir) == []
+def test_delta_bundle_is_stored_without_its_base_and_its_weights_answer_409(client, delta):
+    r = client.post("/bundles", params={"name": "d"}, content=delta.data)
+    assert r.status_code == 201 and r.json()["base"] == delta.bundle.base.sha256
+    for method in ("GET", "HEAD"):
+        r = client.request(method, "/models/d/weights")
+        assert r.status_code == 409 and r.headers["x-error-code"] == "base_missing"
+    message = client.get("/models/d/weights").json()["error"]["message"]
+    assert f"base sha256:{delta.bundle.base.sha256} (tiny-base)" in message and "POST /bases" in message
+    assert client.get("/bundles/d").content == delta.data  # the bundle itself is served
+    client.post("/bases", content=delta.base_file)
+    assert client.get("/models/d/weights").status_code == 200
 
 
 def test_get_and_head_bundle_with_etag_and_range(client, tiny):

@@ -1,0 +1,151 @@
+"""Hugging Face Hub-compatible routes serving each delta bundle as a PEFT adapter repository.
+
+``huggingface_hub.snapshot_download(repo_id=NAME, revision=REV, endpoint=URL)`` (and so vLLM's
+``lora_path`` or LoRAX's ``adapter_source="hub"`` with ``HF_ENDPOINT=URL``) reads, in order:
+``GET /api/models/{repo}/revision/{rev}`` (``sha``, ``siblings``), ``GET /api/models/{repo}/tree/{sha}``
+(files with ``size`` and ``oid``), then ``HEAD`` and ``GET /{repo}/resolve/{sha}/{file}``
+(``X-Repo-Commit``, ``ETag``, ``Content-Length``). A repo is a model name (``name`` or
+``org/name``); a revision is a tag, ``main`` (the name's default tag), or a bundle digest the
+name points at; the commit ``sha`` is the bundle digest. Files are the bundle's PEFT export.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.adapters import AdapterStore
+from service.deps import AdaptersDep, StoreDep, require
+from service.errors import (
+    EntryNotFoundError,
+    InvalidRequestError,
+    NotAnAdapterError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
+from service.ranges import validate_request
+from service.storage import DEFAULT_TAG, Store, TagRecord, parse_ref, validate_name
+
+__all__ = ["HUB_DEFAULT_REVISION", "resolve_revision", "router"]
+
+router = APIRouter(tags=["hub"])
+HUB_DEFAULT_REVISION = "main"  # huggingface_hub's default; resolves to the name's DEFAULT_TAG
+_READ = [Depends(require("read"))]
+
+
+def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, TagRecord | None]:
+    """``(bundle digest, the tag it came from or None for a digest revision)`` of ``repo_id@revision``.
+
+    Raises:
+        RepoNotFoundError: no name ``repo_id`` (or not a valid name).
+        RevisionNotFoundError: no such tag, or a digest ``repo_id`` does not name.
+        NotAnAdapterError: the bundle is a full-mode model.
+    """
+    try:
+        validate_name(repo_id)
+    except InvalidRequestError as exc:
+        raise RepoNotFoundError(f"no repository {repo_id!r}: {exc.message}") from exc
+    tags = store.tags_named(repo_id)
+    if not tags:
+        raise RepoNotFoundError(f"no repository {repo_id!r}: push a bundle with POST /bundles?name={repo_id}")
+    try:
+        ref = parse_ref(revision)
+    except InvalidRequestError:
+        ref = None
+    tag = DEFAULT_TAG if revision == HUB_DEFAULT_REVISION else revision
+    found = next((t for t in tags if t.tag == tag), None)
+    if found is not None:
+        digest = found.digest
+    elif ref is not None and ref.digest is not None and any(t.digest == ref.digest for t in tags):
+        digest = ref.digest
+    else:
+        known = ", ".join(t.tag for t in tags[:10])
+        raise RevisionNotFoundError(
+            f"{repo_id!r} has no revision {revision!r} (tags: {known}; 'main' is {DEFAULT_TAG!r}; or a bundle digest)"
+        )
+    rec = store.get_bundle(digest)
+    if rec is None:  # pragma: no cover - a tag always points at a stored bundle (foreign key)
+        raise RevisionNotFoundError(f"{repo_id!r}@{revision} points at a missing bundle")
+    if rec.mode != "delta":
+        raise NotAnAdapterError(
+            f"{repo_id}@{revision} (sha256:{digest}) is a full-mode model, not an adapter: fetch its weights "
+            "with GET /models/{ref}/weights or client.load"
+        )
+    return digest, found
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@router.get("/api/models/{repo_id:path}/revision/{revision}", dependencies=_READ)
+def model_info(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
+    """Hub model info of ``repo_id`` at ``revision``: ``sha`` (the bundle digest) and ``siblings``."""
+    return _model_info(store, adapters, repo_id, revision)
+
+
+def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: str) -> dict[str, Any]:
+    digest, tag = resolve_revision(store, repo_id, revision)
+    files = adapters.files(digest)
+    rec = store.get_bundle(digest)
+    assert rec is not None
+    return {
+        "_id": digest,
+        "id": repo_id,
+        "modelId": repo_id,
+        "sha": digest,
+        "private": False,
+        "disabled": False,
+        "gated": False,
+        "library_name": "peft",
+        "tags": ["peft", "lora", "mcnc"],
+        "createdAt": _iso(rec.created_at),
+        "lastModified": _iso(tag.updated_at if tag else rec.created_at),
+        "siblings": [{"rfilename": f.name, "size": len(f.data), "blobId": f.oid} for f in files.values()],
+    }
+
+
+@router.get("/api/models/{repo_id:path}/tree/{revision}", dependencies=_READ)
+def list_tree(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> list[dict[str, Any]]:
+    """The repository's files at ``revision`` (flat: no folders; ``recursive`` changes nothing)."""
+    digest, _ = resolve_revision(store, repo_id, revision)
+    return [
+        {"type": "file", "path": f.name, "size": len(f.data), "oid": f.oid} for f in adapters.files(digest).values()
+    ]
+
+
+# After the two routes above: "{repo_id:path}" would match their paths too.
+@router.get("/api/models/{repo_id:path}", dependencies=_READ)
+def model_info_main(repo_id: str, store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
+    """Hub model info of ``repo_id`` at ``main`` (its default tag)."""
+    return _model_info(store, adapters, repo_id, HUB_DEFAULT_REVISION)
+
+
+@router.get("/{repo_id:path}/resolve/{revision}/{filename}", operation_id="hub_get_file", dependencies=_READ)
+@router.head("/{repo_id:path}/resolve/{revision}/{filename}", operation_id="hub_head_file", dependencies=_READ)
+def resolve_file(
+    repo_id: str, revision: str, filename: str, request: Request, store: StoreDep, adapters: AdaptersDep
+) -> Response:
+    """One adapter file: ``X-Repo-Commit``, strong ``ETag`` (its sha256), 304, Range/206."""
+    digest, tag = resolve_revision(store, repo_id, revision)
+    files = adapters.files(digest)
+    f = files.get(filename)
+    if f is None:
+        raise EntryNotFoundError(
+            f"{repo_id}@{revision} has no file {filename!r} (it has {sorted(files)})",
+            headers={"X-Repo-Commit": digest},
+        )
+    pinned = tag is None  # a digest revision never changes
+    headers = {
+        "X-Repo-Commit": digest,
+        "Cache-Control": "public, max-age=31536000, immutable" if pinned else "no-cache",
+    }
+    answer = validate_request(request.headers, len(f.data), f.sha256, headers)
+    if answer is None:
+        return Response(status_code=304, headers=headers)
+    status, start, end = answer
+    media = "application/json" if filename.endswith(".json") else "application/octet-stream"
+    body = b"" if request.method == "HEAD" else f.data[start:end]
+    return Response(body, status_code=status, headers=headers, media_type=media)

@@ -1,0 +1,158 @@
+"""The Hub-compatible routes on a live server: huggingface_hub.snapshot_download fetches a delta's
+PEFT adapter (no base registered), and real peft loads it as the same model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import huggingface_hub
+import peft
+import pytest
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+import mcnc_core as m
+from service import Settings
+from tests._adapters import LoraDelta, llama, logits, lora_delta
+from tests._live import LiveServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def case() -> LoraDelta:
+    return lora_delta()
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch) -> Path:
+    """huggingface_hub pointed at nothing but our server: its home and cache under tmp_path, online."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # read at import time
+    return tmp_path / "hf-cache"
+
+
+@pytest.fixture
+def live(tmp_path) -> Iterator[LiveServer]:
+    with LiveServer(Settings(data_dir=tmp_path / "server", adapter_dtype="float32")) as srv:
+        yield srv
+
+
+def push(live: LiveServer, data: bytes, name: str, tag: str | None = None) -> str:
+    params = {"name": name} | ({"tag": tag} if tag else {})
+    r = httpx.post(f"{live.url}/bundles", params=params, content=data, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["id"])
+
+
+def snapshot(live: LiveServer, cache: Path, repo_id: str, revision: str | None = None, **kw) -> Path:
+    return Path(
+        huggingface_hub.snapshot_download(
+            repo_id=repo_id, revision=revision, endpoint=live.url, cache_dir=cache, token=False, **kw
+        )
+    )
+
+
+def test_snapshot_download_of_a_delta_without_its_base_loads_in_peft(live, hub_env, case, tmp_path):
+    digest = push(live, case.bundle.to_bytes(), "acme/tiny-lora", "v1")
+    folder = snapshot(live, hub_env, "acme/tiny-lora", "v1")
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert folder.name == digest  # the commit is the bundle digest
+    local = m.export_peft(case.bundle, tmp_path / "local", dtype=torch.float32)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (folder / name).read_bytes() == (local / name).read_bytes(), name
+
+    loaded = peft.PeftModel.from_pretrained(llama(), str(folder)).eval()
+    torch.testing.assert_close(logits(loaded), case.logits, rtol=1e-5, atol=1e-5)  # as in tests/core/test_peft.py
+    merged = loaded.merge_and_unload().state_dict()
+    for name, t in m.reconstruct(case.bundle, base=case.base).items():
+        assert torch.equal(merged[name], t), name
+
+    # The server holds no base: its own full weights answer 409, naming the base and the way out.
+    r = httpx.get(f"{live.url}/models/acme/tiny-lora:v1/weights", timeout=30)
+    assert r.status_code == 409 and r.headers["x-error-code"] == "base_missing"
+    assert case.bundle.base.sha256 in r.json()["error"]["message"] and "POST /bases" in r.json()["error"]["message"]
+
+
+def test_main_is_the_default_tag_and_digests_are_revisions(live, hub_env, case):
+    digest = push(live, case.bundle.to_bytes(), "tiny")  # tag "latest"
+    assert snapshot(live, hub_env, "tiny").name == digest  # revision None: "main"
+    info = huggingface_hub.HfApi(endpoint=live.url, token=False).model_info("tiny", revision=f"sha256:{digest}")
+    assert info.sha == digest and sorted(s.rfilename for s in info.siblings) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    files = huggingface_hub.HfApi(endpoint=live.url, token=False).list_repo_tree("tiny", revision=digest)
+    sizes = {f.path: f.size for f in files}
+    assert sizes["adapter_model.safetensors"] > 0 and len(sizes) == 2
+    path = huggingface_hub.hf_hub_download(
+        "tiny", "adapter_config.json", endpoint=live.url, cache_dir=hub_env, token=False
+    )
+    assert json.loads(Path(path).read_text())["r"] == 8
+
+
+def test_hub_errors_map_to_huggingface_hub_exceptions(live, hub_env, case, tiny):
+    push(live, case.bundle.to_bytes(), "acme/tiny-lora", "v1")
+    with pytest.raises(RevisionNotFoundError):
+        snapshot(live, hub_env, "acme/tiny-lora", "v2")
+    with pytest.raises(RepositoryNotFoundError):
+        huggingface_hub.HfApi(endpoint=live.url, token=False).model_info("acme/nothing")
+    with pytest.raises(huggingface_hub.errors.RemoteEntryNotFoundError):
+        huggingface_hub.hf_hub_download(
+            "acme/tiny-lora", "README.md", revision="v1", endpoint=live.url, cache_dir=hub_env, token=False
+        )
+    push(live, tiny.data, "full-model")
+    r = httpx.get(f"{live.url}/api/models/full-model/revision/main", timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_adapter"
+    assert "full-mode model, not an adapter" in r.json()["error"]["message"]
+    with pytest.raises(LocalEntryNotFoundError, match="not an adapter"):
+        snapshot(live, hub_env, "full-model")
+
+
+def test_rank0_delta_is_not_an_adapter(live, hub_env, delta):
+    push(live, delta.data, "rank0")
+    r = httpx.get(f"{live.url}/api/models/rank0/tree/main", timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_adapter"
+    assert "(rank 0), not low-rank factors" in r.json()["error"]["message"]
+
+
+def test_files_have_strong_etags_304_ranges_and_are_exported_once(live, case):
+    digest = push(live, case.bundle.to_bytes(), "acme/tiny-lora", "v1")
+    url = f"{live.url}/acme/tiny-lora/resolve/v1/adapter_model.safetensors"
+    with httpx.Client(timeout=30) as c:
+        head = c.head(url)
+        assert head.status_code == 200 and head.headers["x-repo-commit"] == digest
+        get = c.get(url)
+        body = get.content
+        assert get.headers["etag"] == head.headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+        assert int(head.headers["content-length"]) == len(body)
+        assert c.get(url, headers={"If-None-Match": get.headers["etag"]}).status_code == 304
+        part = c.get(url, headers={"Range": "bytes=10-", "If-Range": get.headers["etag"]})
+        assert part.status_code == 206 and part.content == body[10:]
+        by_digest = c.get(f"{live.url}/acme/tiny-lora/resolve/{digest}/adapter_model.safetensors")
+        assert by_digest.content == body and "immutable" in by_digest.headers["cache-control"]
+        for _ in range(3):
+            c.get(f"{live.url}/api/models/acme/tiny-lora/tree/{digest}")
+    assert live.app.state.adapters.export_count == 1  # every request above shared one export
+    route = "/{repo_id}/resolve/{revision}/{filename}"
+    assert live.requests(route) == 4 and live.requests(route, "HEAD") == 1
+
+
+def test_hub_routes_need_the_read_scope(tmp_path, hub_env, case):
+    tokens = json.dumps({"reader": ["read"], "writer": ["write"]})
+    with LiveServer(Settings(data_dir=tmp_path / "s", api_tokens=tokens)) as srv:
+        r = httpx.post(f"{srv.url}/bundles", params={"name": "t"}, content=case.bundle.to_bytes(),
+                       headers={"Authorization": "Bearer writer"}, timeout=30)  # fmt: skip
+        assert r.status_code == 201
+        with pytest.raises(huggingface_hub.errors.HfHubHTTPError, match="needs a token with 'read' scope"):
+            snapshot(srv, hub_env, "t")
+        folder = huggingface_hub.snapshot_download(repo_id="t", endpoint=srv.url, cache_dir=hub_env, token="reader")
+        assert (Path(folder) / "adapter_model.safetensors").is_file()
