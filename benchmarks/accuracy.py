@@ -534,6 +534,9 @@ def format_table(results: list[dict]) -> str:
             note += f"; bundle file {r0['bundle_bytes']} B"
         flag = _flag(g, key, m) if method == "MCNC-oc" else ""
         loss = f"{statistics.fmean(r['train_loss'] for r in rs):.3f}" if "train_loss" in r0 else ""
+        tuning = _tuning_note(results, key)
+        if not tuning and "lr_tuned_at" in r0:
+            tuning = f"{r0['lr']:g} (chosen at {r0['lr_tuned_at']})"
         secs = statistics.fmean(r["seconds"] for r in rs)
         steps = sorted({r["steps"] for r in rs})
         steps_s = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
@@ -541,7 +544,7 @@ def format_table(results: list[dict]) -> str:
         lines.append(
             f"| {task} | {setting} | {label} | {method} | {r0['numbers']} | {r0['stored_bytes']} | "
             f"{100 * r0['stored_bytes'] / r0['dense_bytes']:.1f} | {m:.1f} ± {sd:.1f}{flag} | {loss} | "
-            f"{_tuning_note(results, key)} | {time_s} | {_mem(r0)} | {note} |"
+            f"{tuning} | {time_s} | {_mem(r0)} | {note} |"
         )
     return "\n".join(lines)
 
@@ -692,13 +695,13 @@ def report(loaded: list[dict], a: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def _lr_from(paths: list[Path]) -> dict[tuple[str, float | None, str], float]:
-    """Chosen learning rates (task, budget, method) -> lr from earlier ``--json`` files."""
+def _lr_from(paths: list[Path]) -> dict[tuple[str, float | None, str], tuple[float, str]]:
+    """Chosen learning rates (task, budget, method) -> (lr, the setting it was tuned in) from ``--json`` files."""
     out = {}
     for path in paths:
         for r in json.loads(path.read_text())["results"]:
             if r.get("phase") == "report" and "na" not in r and not r["method"].startswith("int"):
-                out[(r["task"], r["frac"], r["method"])] = r["lr"]
+                out[(r["task"], r["frac"], r["method"])] = (r["lr"], r.get("setting") or setting_of(r))
     return out
 
 
@@ -811,9 +814,10 @@ def main(argv: list[str] | None = None) -> int:
                 cells.remove(a.tune_budget)
                 cells.insert(0, a.tune_budget)
             lr_of: dict[float | None, float] = {}
+            lr_source: dict[tuple[str, float | None], str] = {}
             for frac in cells:
                 if (task, frac, method) in chosen_before:
-                    lr_of[frac] = chosen_before[(task, frac, method)]
+                    lr_of[frac], lr_source[(method, frac)] = chosen_before[(task, frac, method)]
                     continue
                 if a.tune_budget is not None and lr_of:
                     continue
@@ -825,6 +829,9 @@ def main(argv: list[str] | None = None) -> int:
                 lr = lr_of.get(frac, next(iter(lr_of.values()), grids[method][len(grids[method]) // 2]))
                 for seed in seeds:
                     r = run(task, method, frac, seed, lr, "report", steps)
+                    if (method, frac) in lr_source:
+                        r["lr_tuned_at"] = lr_source[(method, frac)]
+                        _save(a.json, command, info, results)
                     if method == "dense":
                         for bits in (8, 4):
                             if f"int{bits}" in methods and "model" in r:
