@@ -303,7 +303,7 @@ def _build(task: str, method: str, frac: float | None, seed: int) -> dict:
     b: dict = {"budget": budget, "n_weights": n_weights, "n_raw": n_raw, "detail": ""}
     if method in ("dense", "pruning"):
         model = net if method == "dense" else MagnitudePruned(net)
-        b.update(model=model, groups=None, numbers=n_weights)
+        b.update(model=model, numbers=n_weights)
         if method == "pruning":
             bits = pruning_bits_per_weight(shapes)
             b.update(keep=(budget * 32) // bits, bits=bits, detail=f"{(budget * 32) // bits} kept x {bits} bits")
@@ -378,9 +378,7 @@ def probe_seconds_per_step(method: str, b: dict, x: Tensor, y: Tensor, lr: float
     groups = _groups(method, model, lr)
     params = groups if groups is not None else [p for p in model.parameters() if p.requires_grad]
     s = fit(model, x, y, lr=lr, steps=PROBE_STEPS, seed=54321, params=params)["seconds"] / PROBE_STEPS
-    model.load_state_dict(saved)
-    if method == "pruning":  # the probe's masks are all ones still; nothing else to undo
-        pass
+    model.load_state_dict(saved)  # pruning's masks are still all ones here: nothing else to undo
     return s
 
 
