@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from client._async import AsyncClient
 from client._exceptions import (
+    AdapterExportError,
     APIError,
     AuthenticationError,
     BadRequestError,
+    BaseMismatchError,
+    BaseMissingError,
     BaseNotFoundError,
     BaseNotRegisteredError,
     BundleNotFoundError,
@@ -19,6 +22,7 @@ from client._exceptions import (
     LimitExceededError,
     MCNCClientError,
     ModelNotFoundError,
+    NotAnAdapterError,
     NotFoundError,
     OfflineError,
     PayloadTooLargeError,
@@ -33,10 +37,13 @@ from client._sync import Client
 
 __all__ = [
     "APIError",
+    "AdapterExportError",
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
     "BaseInfo",
+    "BaseMismatchError",
+    "BaseMissingError",
     "BaseNotFoundError",
     "BaseNotRegisteredError",
     "BundleNotFoundError",
@@ -50,6 +57,7 @@ __all__ = [
     "MCNCClientError",
     "ModelInfo",
     "ModelNotFoundError",
+    "NotAnAdapterError",
     "NotFoundError",
     "OfflineError",
     "PayloadTooLargeError",

@@ -23,7 +23,8 @@ from client._exceptions import IntegrityError
 __all__ = ["CacheEntry", "LocalCache", "sha256_file"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_PATTERNS = {"name": re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT})?$"), "tag": re.compile(rf"^{_SEGMENT}$")}
 _TAG_TEXT = "Signature: 8a477f597d28d172789f06886806bc55\n# This is a cache directory created by mcnc.\n"
 
 
@@ -36,8 +37,12 @@ def sha256_file(path: Path) -> str:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError(f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (no path characters)")
+    """A ``name`` (``name`` or ``org/name``, as the server's) or ``tag``; ``ValueError`` otherwise."""
+    if not _PATTERNS[kind].match(value) or "resolve" in value.split("/"):
+        org = ", optionally after one 'org/'" if kind == "name" else ""
+        raise ValueError(
+            f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-'{org}, not 'resolve' (no path characters)"
+        )
     return value
 
 
@@ -124,7 +129,7 @@ class LocalCache:
     def write_ref(self, name: str, tag: str, digest: str) -> None:
         self._ensure()
         folder = self.root / "refs" / check_name("name", name)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(digest)
@@ -132,9 +137,11 @@ class LocalCache:
 
     def _refs(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for path in sorted((self.root / "refs").glob("*/*")):
-            if path.suffix != ".tmp":
-                out.setdefault(path.read_text().strip(), []).append(f"{path.parent.name}:{path.name}")
+        refs = self.root / "refs"
+        for path in sorted(refs.rglob("*")):  # refs/<name>/<tag> and refs/<org>/<name>/<tag>
+            if path.is_file() and path.suffix != ".tmp":
+                name = path.parent.relative_to(refs).as_posix()
+                out.setdefault(path.read_text().strip(), []).append(f"{name}:{path.name}")
         return out
 
     def entries(self) -> list[CacheEntry]:

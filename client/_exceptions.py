@@ -6,20 +6,24 @@
     ├── OfflineError                 offline mode and the cache lacks what is needed
     ├── ConnectionFailedError        the server could not be reached (after retries)
     ├── IntegrityError               size, sha256 or fingerprint check failed
+    │   └── BaseMismatchError        load(base=...): the given base is not the one the delta was trained on
+    ├── AdapterExportError           download_adapter: the bundle has no exact PEFT LoRA form
     ├── StateDictMismatchError       load(model=...): missing/unexpected keys, other shapes, meta tensors
     └── APIError                     the server answered with an error envelope
         ├── BadRequestError          400/422 invalid_request
         │   ├── InvalidBundleError   422 invalid_bundle
         │   ├── InvalidBaseError     422 invalid_base
         │   ├── LimitExceededError   422 limit_exceeded
-        │   └── BaseNotRegisteredError 422 base_not_registered
+        │   ├── NotAnAdapterError    422 not_an_adapter
+        │   └── BaseNotRegisteredError 422 base_not_registered (servers before bundles without bases)
         ├── AuthenticationError      401 unauthorized
         ├── PermissionDeniedError    403 forbidden
         ├── NotFoundError            404 not_found
         │   ├── BundleNotFoundError  404 bundle_not_found
         │   ├── ModelNotFoundError   404 model_not_found
-        │   └── BaseNotFoundError    404 base_not_found
+        │   └── BaseNotFoundError    404 base_not_found (also repo/revision/entry_not_found: NotFoundError)
         ├── ConflictError            409 conflict
+        │   └── BaseMissingError     409 base_missing: server-side weights of a delta whose base it lacks
         ├── PayloadTooLargeError     413 payload_too_large
         ├── RangeNotSatisfiableError 416 range_not_satisfiable
         ├── RateLimitError           429 rate_limited / busy (retry_after)
@@ -30,8 +34,11 @@ from __future__ import annotations
 
 __all__ = [
     "APIError",
+    "AdapterExportError",
     "AuthenticationError",
     "BadRequestError",
+    "BaseMismatchError",
+    "BaseMissingError",
     "BaseNotFoundError",
     "BaseNotRegisteredError",
     "BundleNotFoundError",
@@ -43,6 +50,7 @@ __all__ = [
     "LimitExceededError",
     "MCNCClientError",
     "ModelNotFoundError",
+    "NotAnAdapterError",
     "NotFoundError",
     "OfflineError",
     "PayloadTooLargeError",
@@ -69,6 +77,14 @@ class ConnectionFailedError(MCNCClientError):
 
 class IntegrityError(MCNCClientError):
     """Downloaded or reconstructed data failed its size, sha256 or fingerprint check."""
+
+
+class BaseMismatchError(IntegrityError):
+    """``load(ref, base=...)``: the given base lacks tensors the delta reads or has another digest."""
+
+
+class AdapterExportError(MCNCClientError):
+    """``download_adapter``: the bundle cannot be written as a PEFT LoRA adapter (full mode, rank 0, ...)."""
 
 
 class StateDictMismatchError(MCNCClientError):
@@ -120,6 +136,10 @@ class BaseNotRegisteredError(BadRequestError):
     pass
 
 
+class NotAnAdapterError(BadRequestError):
+    pass
+
+
 class AuthenticationError(APIError):
     pass
 
@@ -145,6 +165,10 @@ class BaseNotFoundError(NotFoundError):
 
 
 class ConflictError(APIError):
+    pass
+
+
+class BaseMissingError(ConflictError):
     pass
 
 
@@ -176,13 +200,18 @@ _ERROR_CODES: dict[str, type[APIError]] = {
     "invalid_base": InvalidBaseError,
     "limit_exceeded": LimitExceededError,
     "base_not_registered": BaseNotRegisteredError,
+    "not_an_adapter": NotAnAdapterError,
     "unauthorized": AuthenticationError,
     "forbidden": PermissionDeniedError,
     "not_found": NotFoundError,
     "bundle_not_found": BundleNotFoundError,
     "model_not_found": ModelNotFoundError,
     "base_not_found": BaseNotFoundError,
+    "repo_not_found": NotFoundError,
+    "revision_not_found": NotFoundError,
+    "entry_not_found": NotFoundError,
     "conflict": ConflictError,
+    "base_missing": BaseMissingError,
     "payload_too_large": PayloadTooLargeError,
     "range_not_satisfiable": RangeNotSatisfiableError,
     "rate_limited": RateLimitError,

@@ -6,12 +6,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client._exceptions import IntegrityError, StateDictMismatchError
+from client._exceptions import AdapterExportError, BaseMismatchError, IntegrityError, StateDictMismatchError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from torch import Tensor, nn
 
-__all__ = ["reconstruct_local", "state_digest_file", "verify_weights_file"]
+__all__ = [
+    "check_given_base",
+    "export_adapter",
+    "given_base",
+    "reconstruct_local",
+    "state_digest_file",
+    "verify_weights_file",
+]
 
 _DTYPES = {"float32", "float16", "bfloat16"}
 
@@ -26,13 +35,52 @@ def _torch_dtype(dtype: Any) -> Any:
     return getattr(torch, dtype)
 
 
+def given_base(base: Mapping[str, Tensor] | nn.Module) -> Mapping[str, Tensor]:
+    """A base the caller holds as a state dict (a module's ``state_dict()``, aliasing its tensors)."""
+    from torch import nn
+
+    return base.state_dict() if isinstance(base, nn.Module) else base
+
+
+def check_given_base(bundle_path: Path, base: Mapping[str, Tensor]) -> None:
+    """Check a caller's base against the digest a delta bundle was trained on.
+
+    The ``mcnc_core.state_digest`` covers exactly the tensors the bundle reads; extra ones are ignored.
+
+    Raises:
+        BaseMismatchError: tensors missing, of another shape or dtype, or another digest (both named).
+        ValueError: the bundle is a full-mode model (it reads no base).
+    """
+    import mcnc_core
+    from mcnc_core.reconstruct import check_base
+
+    bundle = mcnc_core.load_bundle(bundle_path)
+    if bundle.base is None:
+        raise ValueError(f"{bundle_path.name} is a full-mode bundle: it reads no base; do not pass base=")
+    try:
+        check_base(bundle, base)
+    except mcnc_core.BaseMismatchError as exc:
+        raise BaseMismatchError(f"the base passed to load() is not this delta's ({bundle.base.name}): {exc}") from exc
+
+
 def reconstruct_local(
-    bundle_path: Path, base_path: Path | None, *, device: str, dtype: Any, model: nn.Module | None, verify: bool
+    bundle_path: Path,
+    base_path: Path | None,
+    *,
+    device: str,
+    dtype: Any,
+    model: nn.Module | None,
+    verify: bool,
+    base: Mapping[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], float]:
     """Reconstruct a cached bundle; optionally load it into ``model`` (strict).
 
     With ``model`` and no ``dtype`` the weights are decoded straight into the model's tensors
     (``mcnc_core.reconstruct_into``) and its ``state_dict()`` is returned.
+
+    Args:
+        base_path: a cached base file (its digest was checked when it entered the cache).
+        base: instead, a base the caller holds, already checked with ``check_given_base``.
 
     Returns:
         ``(state_dict, seconds)``.
@@ -50,13 +98,14 @@ def reconstruct_local(
 
     start = time.perf_counter()
     bundle = mcnc_core.load_bundle(bundle_path)
-    base = load_file(base_path) if base_path is not None else None
+    if base_path is not None:
+        base = load_file(base_path)
     if model is not None:
         fit = target_misfit(bundle, model.state_dict())
         if any(fit):
             raise StateDictMismatchError(fit.missing, fit.unexpected, fit.shapes, fit.meta)
     try:
-        # Cached bases were checked against their digest when they entered the cache.
+        # Every base was checked against its digest already: on entering the cache, or given.
         if model is not None and dtype is None:
             # Straight into the model's tensors: no second copy of the weights, no fresh pages.
             mcnc_core.reconstruct_into(bundle, model, base=base, device=device, verify=verify, verify_base=False)
@@ -69,6 +118,29 @@ def reconstruct_local(
     if model is not None:
         model.load_state_dict(state, strict=True)
     return state, time.perf_counter() - start
+
+
+def export_adapter(bundle_path: Path, out_dir: Path, *, dtype: Any, base_model_name_or_path: str | None) -> int:
+    """Write a cached delta bundle as a PEFT LoRA adapter directory (``mcnc_core.export_peft``).
+
+    Returns:
+        The bytes written (``adapter_config.json`` and ``adapter_model.safetensors``).
+
+    Raises:
+        AdapterExportError: the bundle has no exact PEFT LoRA form (full mode, rank 0, ...).
+    """
+    import mcnc_core
+
+    bundle = mcnc_core.load_bundle(bundle_path)
+    try:
+        out = mcnc_core.export_peft(
+            bundle, out_dir, dtype=_torch_dtype(dtype), base_model_name_or_path=base_model_name_or_path
+        )
+    except mcnc_core.ExportError as exc:
+        raise AdapterExportError(str(exc)) from exc
+    from mcnc_core.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    return sum((out / name).stat().st_size for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
 
 
 def state_digest_file(path: Path) -> str:

@@ -17,6 +17,8 @@ from client._progress import progress_bar
 from client._transfer import Partial, bundle_base_digest, finish_download, sha256_bytes
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from torch import Tensor, nn
 
 __all__ = ["Client"]
@@ -179,12 +181,14 @@ class Client(BaseClient):
         device: str = "cpu",
         dtype: Any = None,
         model: nn.Module | None = None,
+        base: Mapping[str, Tensor] | nn.Module | None = None,
         verify: bool = True,
     ) -> dict[str, Tensor]:
         """Download the bundle (if not cached) and reconstruct the weights locally.
 
         One request when the bundle is cached (resolving the ref); none for a cached digest ref or
-        offline. A delta bundle's base is fetched once and cached for all its deltas.
+        offline. A delta bundle's base is fetched once and cached for all its deltas, unless the
+        caller passes it as ``base``: then it is checked and never downloaded.
 
         Args:
             ref: ``name``, ``name:tag``, ``sha256:<hex>`` or a 64-hex digest.
@@ -194,6 +198,10 @@ class Client(BaseClient):
                 ``dtype`` they are decoded straight into its tensors (no second copy) and the
                 returned dict is ``model.state_dict()``, aliasing them. If verification fails
                 then, the tensors up to the one named have been overwritten.
+            base: a delta bundle's base that the caller already holds: a state dict or a module
+                (its ``state_dict()``; ``model`` itself works: its base values are read before they
+                are overwritten). Its ``mcnc_core.state_digest`` over exactly the tensors the bundle
+                reads must equal the bundle's base digest; extra tensors are ignored.
             verify: check the reconstruction against the bundle's fingerprint.
 
         Returns:
@@ -201,25 +209,73 @@ class Client(BaseClient):
 
         Raises:
             OfflineError, NotFoundError and other APIError subclasses, IntegrityError,
-            StateDictMismatchError (``model`` has other keys; lists missing and unexpected).
+            BaseMismatchError (``base`` is not the delta's base; names both digests, nothing written),
+            StateDictMismatchError (``model`` has other keys; lists missing and unexpected),
+            ValueError (``base`` given for a full-mode bundle).
         """
-        from client._local import reconstruct_local
+        from client._local import check_given_base, given_base, reconstruct_local
 
         report = TransferReport(ref)
         start = time.perf_counter()
         report.digest = self._resolve(parse_ref(ref))
         bundle_path = self._blob("bundle", report.digest, report, digest_of="file")
         base_digest = bundle_base_digest(bundle_path)
-        base_path = None
-        if base_digest is not None:  # a base enters the cache only after its state digest checked out
+        base_path, given = None, None
+        if base is not None:  # the caller's base: checked here, never downloaded
+            given = given_base(base)
+            check_given_base(bundle_path, given)
+        elif base_digest is not None:  # a base enters the cache only after its state digest checked out
             base_path = self._blob("base", base_digest, report, digest_of="state")
         report.seconds_network = time.perf_counter() - start
         state, report.seconds_reconstruct = reconstruct_local(
-            bundle_path, base_path, device=device, dtype=dtype, model=model, verify=verify
+            bundle_path, base_path, device=device, dtype=dtype, model=model, verify=verify, base=given
         )
         report.full_weights_bytes = sum(t.numel() * t.element_size() for t in state.values())
         self.last_report = report
         return state
+
+    def download_adapter(
+        self,
+        ref: str,
+        out_dir: str | os.PathLike[str],
+        *,
+        dtype: str = "bfloat16",
+        base_model_name_or_path: str | None = None,
+    ) -> Path:
+        """Download a delta bundle (if not cached) and write it as a PEFT LoRA adapter directory.
+
+        Only the bundle crosses the network (its base is not needed); ``mcnc_core.export_peft``
+        writes ``adapter_config.json`` and ``adapter_model.safetensors``, which
+        ``peft.PeftModel.from_pretrained(base_model, out_dir)`` and vLLM load.
+        ``last_report.full_weights_bytes`` is then the size of the adapter files.
+
+        Args:
+            ref: ``name``, ``name:tag``, ``sha256:<hex>`` or a 64-hex digest.
+            out_dir: the adapter directory (created if needed; files replaced atomically).
+            dtype: dtype of the LoRA factors (``"bfloat16"``, ``"float16"``, ``"float32"``: exact).
+            base_model_name_or_path: recorded in ``adapter_config.json`` (default: the bundle's base name).
+
+        Returns:
+            ``out_dir`` as a ``Path``.
+
+        Raises:
+            OfflineError, NotFoundError and other APIError subclasses, IntegrityError,
+            AdapterExportError (a full-mode or rank-0 bundle, raw tensors PEFT cannot save).
+        """
+        from client._local import export_adapter
+
+        report = TransferReport(ref)
+        start = time.perf_counter()
+        report.digest = self._resolve(parse_ref(ref))
+        bundle_path = self._blob("bundle", report.digest, report, digest_of="file")
+        report.seconds_network = time.perf_counter() - start
+        start = time.perf_counter()
+        report.full_weights_bytes = export_adapter(
+            bundle_path, Path(out_dir), dtype=dtype, base_model_name_or_path=base_model_name_or_path
+        )
+        report.seconds_reconstruct = time.perf_counter() - start
+        self.last_report = report
+        return Path(out_dir)
 
     def download_weights(
         self, ref: str, path: str | os.PathLike[str], *, dtype: str | None = None, verify: bool = True

@@ -40,6 +40,14 @@ def _push(args: argparse.Namespace) -> int:
 def _pull(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
+    if args.format == "peft":
+        if args.server_side:
+            raise ValueError("--format peft exports locally from the bundle; drop --server-side")
+        with _client(args) as c:
+            c.download_adapter(args.ref, args.output, dtype=args.dtype or "bfloat16")
+            report = c.last_report
+        _emit(args, {**report.__dict__, "output": args.output}, f"{args.output}/: PEFT adapter of {report.digest[:12]}")
+        return EXIT_OK
     with _client(args) as c:
         if args.server_side:
             report = c.download_weights(args.ref, args.output, dtype=args.dtype)
@@ -78,13 +86,23 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _wrap(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from client import APIError, ConnectionFailedError, IntegrityError, NotFoundError, OfflineError
+        from client import (
+            AdapterExportError,
+            APIError,
+            ConnectionFailedError,
+            IntegrityError,
+            NotFoundError,
+            OfflineError,
+        )
 
         try:
             return int(func(args))
         except IntegrityError as exc:
             print(f"integrity error: {exc}", file=sys.stderr)
             return EXIT_INTEGRITY
+        except AdapterExportError as exc:
+            print(f"not an adapter: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except (NotFoundError, OfflineError) as exc:
             print(f"not found: {exc}", file=sys.stderr)
             return EXIT_NOT_FOUND
@@ -113,11 +131,17 @@ def register(sub: Any) -> None:
     p.add_argument("--tag")
     p.set_defaults(func=_wrap(_push))
 
-    p = sub.add_parser("pull", parents=[common], help="fetch a model's weights into a safetensors file")
+    p = sub.add_parser("pull", parents=[common], help="fetch a model's weights (or a delta's PEFT adapter)")
     p.add_argument("ref")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="safetensors file, or directory with --format peft")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "peft"],
+        default="safetensors",
+        help="safetensors: full weights; peft: a delta bundle as a LoRA adapter directory (no base needed)",
+    )
     p.add_argument("--server-side", action="store_true", help="stream weights reconstructed by the server")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (peft: default bfloat16)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_wrap(_pull))
 

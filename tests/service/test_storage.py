@@ -28,7 +28,8 @@ def test_parse_ref(text, ref):
 
 
 @pytest.mark.parametrize(
-    "text", ["", "..", ".hidden", "a/b/c", "a/resolve", "/b", "a\\b", "a:b:c", "a:", ":b", "sha256:abc", "a b", "x" * 200, "é"]
+    "text",
+    ["", "..", ".hidden", "a/b/c", "a/resolve", "/b", "a\\b", "a:b:c", "a:", ":b", "sha256:abc", "a b", "x" * 200, "é"],
 )
 def test_parse_ref_rejects(text):
     with pytest.raises(InvalidRequestError):
