@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,8 +16,6 @@ from torch import nn
 import mcnc_core as m
 from mcnc_core.peft import ExportError, check_vllm, export_peft, lora_factors, peft_adapter_files, peft_metadata
 from tests._adapters import CODES, TARGETS, gpt2, llama, logits, lora_delta, train
-
-peft = pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,15 @@ def test_check_vllm_reports_each_rule():
         "max_lora_rank 12 is not one of vLLM's [1, 8, 16, 32, 64, 128, 256, 320, 512]"
     ]
     assert check_vllm({"r": 8}) == ["adapter_config.json lacks ['lora_alpha', 'target_modules']"]
+
+
+def test_export_needs_neither_peft_nor_transformers(tmp_path):
+    bundle = tmp_path / "d.mcnc"
+    m.save_bundle(mlp_delta(rank=2), bundle)
+    code = (
+        "import sys; sys.modules['peft'] = sys.modules['transformers'] = None\n"  # any import of them fails
+        "import mcnc_core as m\n"
+        f"m.export_peft(m.load_bundle({str(bundle)!r}), {str(tmp_path / 'out')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
