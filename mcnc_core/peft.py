@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from mcnc_core.bundle import Bundle
 from mcnc_core.compress import get_state
-from mcnc_core.decode import decode_tensor
+from mcnc_core.decode import decode_factors
 from mcnc_core.errors import MCNCError
 from mcnc_core.generator import Generator
 from mcnc_core.manifest import TensorEntry
@@ -92,19 +92,12 @@ def _lora_entry(bundle: Bundle, name: str) -> TensorEntry:
 
 
 def _factors(bundle: Bundle, e: TensorEntry, gen: Generator) -> tuple[Tensor, Tensor]:
-    # Decode all of the tensor's chunks exactly as reconstruction does (one flat "factor": the same
-    # blocks, hence the same bits), then cut out A and B; each factor starts on a fresh chunk.
-    d = bundle.spec.chunk_size
+    # decode_factors cuts the decode into the blocks reconstruction uses: the same bits it combines.
     dev = gen.w_out_t.device
     sl = slice(e.chunk_offset, e.chunk_offset + e.chunks)
-    alpha, beta = bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev)
     with torch.no_grad(), _full_fp32_matmul():
-        flat = decode_tensor(gen, alpha, beta, (e.chunks * d,), [(e.chunks * d,)])  # (chunks * d,)
-    (rows, r), (_, cols) = e.factors()
-    a_chunks = -(-rows * r // d)
-    a = flat[: rows * r].reshape(rows, r)
-    b = flat[a_chunks * d : a_chunks * d + r * cols].reshape(r, cols)
-    return a, b
+        a, b = decode_factors(gen, bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev), e.factors())
+    return a, b  # (rows, r), (r, cols)
 
 
 def lora_factors(bundle: Bundle, name: str, *, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
