@@ -21,7 +21,7 @@ __all__ = ["RECOMMENDED_LR", "param_groups"]
 
 #: ``(codes, scales, raw)`` Adam learning rates per mode, for generator version 2 codes.
 RECOMMENDED_LR: dict[str, tuple[float, float, float]] = {
-    "full": (0.02, 0.02, 0.01),
+    "full": (0.05, 0.05, 0.025),
     "delta": (0.005, 0.005, 0.002),
 }
 
