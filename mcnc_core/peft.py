@@ -82,9 +82,9 @@ def _lora_entry(bundle: Bundle, name: str) -> TensorEntry:
     except KeyError:
         raise ExportError(f"the bundle has no tensor {name!r}") from None
     if e.storage != "mcnc" or e.rank == 0:
-        what = "stored raw" if e.storage == "raw" else "read from the base" if e.storage == "base" else "a full delta"
+        what = {"raw": "stored raw", "base": "read from the base"}.get(e.storage, "a full delta (rank 0)")
         raise ExportError(
-            f"tensor {name!r} is {what} (rank 0), not low-rank factors: PEFT LoRA cannot hold it exactly. "
+            f"tensor {name!r} is {what}, not low-rank factors: PEFT LoRA cannot hold it exactly. "
             "Compress with MCNCConfig(rank=r) where r < min(rows, cols) of every target (compress falls "
             "back to rank 0 for tensors too small for r), or exclude the tensor from the targets"
         )
