@@ -54,8 +54,8 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
         ref = parse_ref(revision)
     except InvalidRequestError:
         ref = None
-    tag = DEFAULT_TAG if revision == HUB_DEFAULT_REVISION else revision
-    found = next((t for t in tags if t.tag == tag), None)
+    by_tag = {t.tag: t for t in tags}  # a tag named "main" wins over the alias
+    found = by_tag.get(revision) or (by_tag.get(DEFAULT_TAG) if revision == HUB_DEFAULT_REVISION else None)
     if found is not None:
         digest = found.digest
     elif ref is not None and ref.digest is not None and any(t.digest == ref.digest for t in tags):

@@ -47,7 +47,7 @@ def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout,
         raise BaseMissingError(
             f"{ref!r} is a delta of base sha256:{rec.base_sha256} ({rec.base_name or 'unnamed'}), which this server "
             "does not hold: register it with POST /bases (client.push_base(state_dict)), or reconstruct where the "
-            "base is (client.load(ref, base=state_dict)); its adapter needs no base (GET /api/models/{name}/...)"
+            "base is (client.load(ref, base=state_dict)); its PEFT adapter needs no base (docs/service.md)"
         )
     lay = engine.layout(digest, dtype)
     return lay, parsed.digest is not None, engine.weights_digest(lay)
