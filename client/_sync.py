@@ -11,7 +11,7 @@ import httpx
 
 from client._base import BaseClient, Ref, digest_from_headers, error_from_response, parse_ref, retry_delay
 from client._config import resolve_config
-from client._exceptions import ConnectionFailedError, IntegrityError, RangeNotSatisfiableError
+from client._exceptions import BaseNotFoundError, ConnectionFailedError, IntegrityError, RangeNotSatisfiableError
 from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
 from client._progress import progress_bar
 from client._transfer import Partial, bundle_base_digest, finish_download, sha256_bytes
@@ -225,7 +225,11 @@ class Client(BaseClient):
             given = given_base(base)
             check_given_base(bundle_path, given)
         elif base_digest is not None:  # a base enters the cache only after its state digest checked out
-            base_path = self._blob("base", base_digest, report, digest_of="state")
+            try:
+                base_path = self._blob("base", base_digest, report, digest_of="state")
+            except BaseNotFoundError as exc:
+                hint = f"{exc.message}; the server holds only the delta: pass the base you have, load(ref, base=...)"
+                raise BaseNotFoundError(exc.status, exc.code, hint, exc.request_id) from exc
         report.seconds_network = time.perf_counter() - start
         state, report.seconds_reconstruct = reconstruct_local(
             bundle_path, base_path, device=device, dtype=dtype, model=model, verify=verify, base=given

@@ -119,3 +119,10 @@ def test_a_wrong_base_is_refused_naming_both_digests(live, case, tmp_path):
     assert isinstance(info.value, client.IntegrityError)
     assert all(torch.equal(wrong.state_dict()[k], v) for k, v in before.items())  # nothing written
     no_base_or_adapter_requests(live)
+
+
+def test_load_without_a_base_anywhere_says_how_to_pass_it(live, case, tmp_path):
+    with client.Client(live.url, cache_dir=tmp_path / "cache", progress=False) as c:
+        c.push(case.bundle, name="lora")
+        with pytest.raises(client.BaseNotFoundError, match=r"pass the base you have, load\(ref, base=\.\.\.\)"):
+            c.load("lora")
