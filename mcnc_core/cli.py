@@ -51,8 +51,8 @@ def _inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     g = info["generator"]
     print(f"{info['path']}: MCNC bundle, mode {info['mode']}, rank {info['rank']}")
-    print(f"  generator   k={g['k']} chunk_size={g['chunk_size']} width={g['width']} depth={g['depth']} "
-          f"bound={g['bound']} seed={g['seed']}")  # fmt: skip
+    print(f"  generator   v{g['version']} ({g['init']}) k={g['k']} chunk_size={g['chunk_size']} width={g['width']} "
+          f"depth={g['depth']} bound={g['bound']} seed={g['seed']}")  # fmt: skip
     print(f"  tensors     {info['tensors']}")
     print(f"  parameters  {info['parameters']:,} from {info['stored_numbers']:,} stored numbers")
     print(f"  size        {info['bundle_bytes']:,} B bundle -> {info['reconstructed_bytes']:,} B weights "

@@ -157,3 +157,12 @@ def test_param_groups_in_delta_mode_leave_frozen_base_out():
     assert len(raw) == 1 and raw[0] is model[4].bias
     with pytest.raises(m.ModelError, match="not compressed"):
         m.param_groups(make_mlp())
+
+
+def test_inspect_names_the_generator_version(capsys):
+    from mcnc_core.cli import main
+
+    data = "tests/data/golden_full_v1.mcnc", "tests/data/golden_full_r16_v2.mcnc"
+    for path, shown in zip(data, ("v1 (siren-uniform-v1)", "v2 (siren-frequency-v2)"), strict=True):
+        assert main(["inspect", path]) == 0
+        assert f"generator   {shown} k=3" in capsys.readouterr().out
