@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,7 +164,8 @@ def test_param_groups_in_delta_mode_leave_frozen_base_out():
 def test_inspect_names_the_generator_version(capsys):
     from mcnc_core.cli import main
 
-    data = "tests/data/golden_full_v1.mcnc", "tests/data/golden_full_r16_v2.mcnc"
-    for path, shown in zip(data, ("v1 (siren-uniform-v1)", "v2 (siren-frequency-v2)"), strict=True):
-        assert main(["inspect", path]) == 0
+    data = Path(__file__).parents[1] / "data"
+    files = data / "golden_full_v1.mcnc", data / "golden_full_r16_v2.mcnc"
+    for path, shown in zip(files, ("v1 (siren-uniform-v1)", "v2 (siren-frequency-v2)"), strict=True):
+        assert main(["inspect", str(path)]) == 0
         assert f"generator   {shown} k=3" in capsys.readouterr().out
