@@ -35,7 +35,13 @@ from mcnc_core.errors import (
     UnsupportedVersionError,
 )
 from mcnc_core.fingerprint import FINGERPRINT_ALGORITHM, N_SAMPLES, state_digest
-from mcnc_core.generator import GENERATOR_FAMILY, INIT_RULES, GeneratorSpec, generator_sha256
+from mcnc_core.generator import (
+    GENERATOR_FAMILY,
+    INIT_RULES,
+    GeneratorSpec,
+    generator_sha256,
+    verified_generator_sha256,
+)
 from mcnc_core.manifest import FLOAT_DTYPES, BaseRef, TensorEntry, manifest_from_json, manifest_to_json
 from mcnc_core.safetensors_io import (
     DTYPE_TO_TORCH,
@@ -83,6 +89,11 @@ class ReadLimits:
         max_params: parameters the manifest may declare in all (default 1e11).
         max_tensor_params: parameters of any single tensor (default 2**34).
         max_tensors: manifest entries (default 1,000,000).
+        max_generator_numel: numbers in the generator's weights, which a reader must build to
+            check the bundle (default 2**24: 64 MiB of float32, ~3 s of PRNG on one core; the
+            paper's largest generators hold ~1.1M).
+        max_generator_macs: multiply-adds of the generator's Gram matrix, ``width² · chunk_size``
+            (default 2**33: a few seconds on one core; width 1024 with chunk_size 8192).
     """
 
     max_bytes: int = 2 << 30
@@ -90,6 +101,8 @@ class ReadLimits:
     max_params: int = 10**11
     max_tensor_params: int = 2**34
     max_tensors: int = 1_000_000
+    max_generator_numel: int = 2**24
+    max_generator_macs: int = 2**33
 
 
 @dataclass(eq=False)
@@ -194,9 +207,10 @@ class Bundle:
         tensors = _read_tensors(data, data_start, entries, spec, manifest)
         bundle = cls(spec, config, manifest, tensors.pop(ALPHA), tensors.pop(BETA), tensors, base, fingerprint, extra)
         expected = meta["generator_sha256"]
-        if generator_sha256(spec) != expected:
+        actual = verified_generator_sha256(spec, expected)  # a mismatching generator is not cached
+        if actual != expected:
             raise GeneratorMismatchError(
-                f"generator rebuilt from the spec has sha256 {generator_sha256(spec)}, the bundle records {expected}; "
+                f"generator rebuilt from the spec has sha256 {actual}, the bundle records {expected}; "
                 "the file was altered or written by an incompatible implementation"
             )
         return bundle
@@ -255,6 +269,18 @@ def _parse_metadata(
             config = MCNCConfig.from_dict(_json(meta, "config"))
     except ConfigError as exc:
         raise BundleFormatError(f"invalid generator or config metadata: {exc}") from exc
+    # Building the generator is the one cost a reader pays before it can check anything else:
+    # bound it before any weight is drawn.
+    if spec.numel > limits.max_generator_numel:
+        raise BundleLimitError(
+            f"generator k={spec.k} width={spec.width} depth={spec.depth} chunk_size={spec.chunk_size} has "
+            f"{spec.numel} weights, over the limit of {limits.max_generator_numel} (ReadLimits.max_generator_numel)"
+        )
+    if spec.gram_macs > limits.max_generator_macs:
+        raise BundleLimitError(
+            f"generator width={spec.width} chunk_size={spec.chunk_size} needs {spec.gram_macs} multiply-adds for "
+            f"its Gram matrix, over the limit of {limits.max_generator_macs} (ReadLimits.max_generator_macs)"
+        )
     mode = meta["mode"]
     if mode not in ("full", "delta") or mode != config.mode:
         raise ManifestError(f"mode {mode!r} is invalid or disagrees with the config's {config.mode!r}")

@@ -27,13 +27,14 @@ across devices from the fingerprint tolerance (``docs/bundle-format.md`` §7).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import cachetools
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,17 @@ from torch import Tensor, nn
 from mcnc_core import prng
 from mcnc_core.errors import ConfigError
 
-__all__ = ["GENERATOR_FAMILY", "GENERATOR_VERSION", "INIT_RULES", "Generator", "GeneratorSpec", "generator_weights"]
+__all__ = [
+    "GENERATOR_FAMILY",
+    "GENERATOR_VERSION",
+    "INIT_RULES",
+    "Generator",
+    "GeneratorSpec",
+    "build_generator_weights",
+    "generator_sha256",
+    "generator_weights",
+    "verified_generator_sha256",
+]
 
 GENERATOR_FAMILY = "mcnc-sine-mlp"
 #: Initialisation rule of each generator version this library reads (and can write).
@@ -111,6 +122,16 @@ class GeneratorSpec:
         return [*shapes, (self.chunk_size, self.width)]
 
     @property
+    def numel(self) -> int:
+        """Numbers in the generator's weights (what building it draws and holds, float32 each)."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def gram_macs(self) -> int:
+        """Multiply-adds of its Gram matrix ``W_outᵀ W_out`` (``width² · chunk_size``), built once."""
+        return self.width * self.width * self.chunk_size
+
+    @property
     def flops_per_chunk(self) -> int:
         """Multiply-adds x 2 to decode one chunk (hidden layers + output GEMM)."""
         hidden = self.k * self.width + (self.depth - 1) * self.width * self.width
@@ -131,9 +152,30 @@ class GeneratorSpec:
         return cls(**data)
 
 
-@functools.lru_cache(maxsize=32)
-def generator_weights(spec: GeneratorSpec) -> tuple[np.ndarray, ...]:
-    """The generator's float32 weights, bit-identical everywhere (read-only arrays, cached).
+# Generator weights and Gram matrices, shared by every reader in the process, bounded in bytes
+# (not in entries: one spec may be a thousand times larger than another). Only generators whose
+# sha256 a bundle has confirmed, or that a trusted caller (compress) asked for, are kept.
+CACHE_BYTES = 512 << 20
+_CACHE: cachetools.LRUCache[tuple[str, GeneratorSpec], Any] = cachetools.LRUCache(
+    CACHE_BYTES, getsizeof=lambda v: sum(a.nbytes for a in v) if isinstance(v, tuple) else v.nbytes
+)
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(key: tuple[str, GeneratorSpec], build: Callable[[], Any]) -> Any:
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    value = build()
+    with _CACHE_LOCK:
+        if _CACHE.getsizeof(value) <= _CACHE.maxsize:  # larger than the whole cache: used once, not kept
+            _CACHE[key] = value
+    return value
+
+
+def build_generator_weights(spec: GeneratorSpec) -> tuple[np.ndarray, ...]:
+    """The generator's float32 weights, computed now and not cached (read-only arrays).
 
     Returns:
         ``(W_1, b_1, ..., W_depth, b_depth, W_out)`` with the shapes of ``spec.shapes``.
@@ -155,12 +197,39 @@ def generator_weights(spec: GeneratorSpec) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def generator_sha256(spec: GeneratorSpec) -> str:
-    """sha256 over the generator's float32 little-endian weight bytes, in stream order."""
+def generator_weights(spec: GeneratorSpec) -> tuple[np.ndarray, ...]:
+    """``build_generator_weights(spec)``, bit-identical everywhere, from a byte-bounded cache."""
+    return _cached(("weights", spec), lambda: build_generator_weights(spec))
+
+
+def weights_sha256(weights: tuple[np.ndarray, ...]) -> str:
+    """sha256 over float32 little-endian weight bytes, in stream order."""
     h = hashlib.sha256()
-    for arr in generator_weights(spec):
+    for arr in weights:
         h.update(arr.astype("<f4").tobytes())
     return h.hexdigest()
+
+
+def generator_sha256(spec: GeneratorSpec) -> str:
+    """sha256 over the generator's float32 little-endian weight bytes, in stream order."""
+    return weights_sha256(generator_weights(spec))
+
+
+def verified_generator_sha256(spec: GeneratorSpec, expected: str) -> str:
+    """The generator's sha256, caching its weights only if it equals ``expected``.
+
+    A reader checks an untrusted bundle's generator with this: a spec whose hash does not match
+    costs its computation once and leaves nothing behind in memory.
+    """
+    with _CACHE_LOCK:
+        hit = _CACHE.get(("weights", spec))
+    if hit is not None:
+        return weights_sha256(hit)
+    weights = build_generator_weights(spec)
+    sha = weights_sha256(weights)
+    if sha == expected:
+        _cached(("weights", spec), lambda: weights)
+    return sha
 
 
 def keep_dtype(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -174,13 +243,15 @@ def keep_dtype(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return apply
 
 
-@functools.lru_cache(maxsize=32)
 def _gram64(spec: GeneratorSpec) -> np.ndarray:
-    # einsum without BLAS: one fixed summation order, independent of threads and libraries.
-    w_out = generator_weights(spec)[-1].astype(np.float64)
-    g = np.einsum("ij,ik->jk", w_out, w_out, optimize=False)
-    g.setflags(write=False)
-    return g
+    def build() -> np.ndarray:
+        # einsum without BLAS: one fixed summation order, independent of threads and libraries.
+        w_out = generator_weights(spec)[-1].astype(np.float64)
+        g = np.einsum("ij,ik->jk", w_out, w_out, optimize=False)
+        g.setflags(write=False)
+        return g
+
+    return _cached(("gram", spec), build)
 
 
 _TINY = 1e-30  # ||y||² floor (float32-safe): a zero direction gives a zero chunk, not NaN

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,51 @@ def test_malformed_delta_base_reference():
 def test_all_errors_share_one_root():
     for exc in (m.BundleFormatError, m.BundleLimitError, m.ManifestError, m.NonFiniteError, m.ConfigError):
         assert issubclass(exc, m.MCNCError) and issubclass(exc, ValueError)
+
+
+# ---- the generator is bounded before it is built, and a refused one is never kept ----
+
+
+def _with_generator(data: bytes, **fields) -> bytes:
+    def edit(meta):
+        for key in ("generator", "config"):
+            obj = json.loads(meta[key])
+            obj.update(fields)
+            meta[key] = json.dumps(obj)
+
+    return rewrite(data, meta=edit)
+
+
+def _cached_specs() -> set:
+    from mcnc_core import generator
+
+    with generator._CACHE_LOCK:
+        return {key for key in generator._CACHE}
+
+
+def test_generator_bomb_is_refused_before_anything_is_built(data):
+    # A 2 KB file declaring a 2**20-wide output layer (67M generator weights; issue 11's D1).
+    before = _cached_specs()
+    t0 = time.perf_counter()
+    with pytest.raises(m.BundleLimitError, match="weights, over the limit of 16777216.*max_generator_numel"):
+        m.load_bundle(_with_generator(data, chunk_size=2**20, width=64))
+    # width 2048 x chunk_size 4096: 8.4M weights but 17G multiply-adds for the Gram matrix (D11)
+    with pytest.raises(m.BundleLimitError, match="Gram matrix, over the limit of 8589934592.*max_generator_macs"):
+        m.load_bundle(_with_generator(data, chunk_size=4096, width=2048, depth=1))
+    assert time.perf_counter() - t0 < 2.0
+    assert _cached_specs() == before
+    # the limits are the reader's to raise
+    limits = m.ReadLimits(max_generator_numel=2**27)
+    with pytest.raises(m.ManifestError, match="chunks"):  # past the generator check, refused for its layout
+        m.load_bundle(_with_generator(data, chunk_size=2**20, width=64), limits=limits)
+
+
+def test_a_generator_that_fails_its_hash_is_not_cached(data):
+    forged = _with_generator(data, seed=987654321)  # a valid spec whose weights the file's hash does not match
+    before = _cached_specs()
+    with pytest.raises(m.GeneratorMismatchError, match="records"):
+        m.load_bundle(forged)
+    assert _cached_specs() == before
+    m.load_bundle(data)  # a good bundle's generator is kept for the reconstructions that follow
+    spec = m.load_bundle(data).spec
+    assert ("weights", spec) in _cached_specs()
