@@ -71,12 +71,14 @@ DATA_SEED = 42
 SPLIT_SEED = 7  # carves the validation split out of the training data
 TUNE_SEED = 100  # the one seed learning rates are chosen with (never a reported seed)
 NOLA_RANK = 8
-RAW_LR = 1e-2  # baselines' raw parameters (biases, BatchNorm) at the middle of their grid (MCNC: param_groups)
 PROBE_STEPS = 25  # --seconds: timed steps (after 5 untimed) that fix the step count
 HAS_PARAM_GROUPS = hasattr(mcnc_core, "param_groups")
 # 3-point grids, a factor ~3 apart, centred on each method's usual rate (MCNC: around the
 # library's recommended code lr, param_groups' ``lr``).
 _MCNC_LR = mcnc_core.recipe.RECOMMENDED_LR["full"][0] if HAS_PARAM_GROUPS else 0.1
+# Baselines' raw parameters (biases, BatchNorm) at the middle of their grid: the same rate MCNC's
+# recipe gives raw parameters at the middle of its grid (both scale with the method's one knob).
+RAW_LR = mcnc_core.recipe.RECOMMENDED_LR["full"][2] if HAS_PARAM_GROUPS else 1e-2
 _MCNC_GRID = tuple(float(f"{_MCNC_LR * f:.2g}") for f in (1 / 3, 1, 3))
 LR_GRID: dict[str, tuple[float, ...]] = {
     "dense": (1e-3, 3e-3, 1e-2),
