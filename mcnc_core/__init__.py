@@ -12,6 +12,7 @@ from mcnc_core.errors import (
     BundleLimitError,
     ConfigError,
     DuplicateTensorError,
+    ExportError,
     FingerprintMismatchError,
     GeneratorMismatchError,
     ManifestError,
@@ -24,7 +25,7 @@ from mcnc_core.errors import (
 )
 from mcnc_core.fingerprint import state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
-from mcnc_core.peft import ExportError, check_vllm, export_peft, peft_adapter_files
+from mcnc_core.peft import check_vllm, export_peft, peft_adapter_files
 from mcnc_core.recipe import param_groups
 from mcnc_core.reconstruct import iter_reconstruct, reconstruct, reconstruct_into
 

@@ -7,6 +7,7 @@
     ├── ModelError (ValueError)             compress/export/materialize called on the wrong model
     ├── BaseMismatchError (ValueError)      delta bundle: base missing, incomplete or wrong digest
     ├── FingerprintMismatchError            reconstructed weights do not match the bundle
+    ├── ExportError (ValueError)            a delta bundle (or tensor) has no exact PEFT LoRA form
     └── BundleError (ValueError)            a bundle file or object is unusable
         ├── BundleFormatError               not a safetensors file, truncated, bad header/JSON
         ├── UnsupportedVersionError         unknown format name or format version
@@ -31,6 +32,7 @@ __all__ = [
     "BundleLimitError",
     "ConfigError",
     "DuplicateTensorError",
+    "ExportError",
     "FingerprintMismatchError",
     "GeneratorMismatchError",
     "MCNCError",
@@ -101,3 +103,7 @@ class NonFiniteError(BundleError):
 
 class GeneratorMismatchError(BundleError):
     """The generator rebuilt from the recorded spec and seed has a different sha256."""
+
+
+class ExportError(MCNCError, ValueError):
+    """A bundle (or one of its tensors) has no exact PEFT LoRA form; the message names it and the fix."""

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from mcnc_core.bundle import Bundle
 from mcnc_core.compress import get_state
 from mcnc_core.decode import decode_factors
-from mcnc_core.errors import MCNCError
+from mcnc_core.errors import ExportError
 from mcnc_core.generator import Generator
 from mcnc_core.manifest import TensorEntry
 from mcnc_core.reconstruct import _full_fp32_matmul
@@ -65,10 +65,6 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the wrapped model)
 #: Bundle metadata: JSON ``{"conv1d": [module paths], "embeddings": [module paths]}``.
 PEFT_METADATA_KEY = "x-peft-modules"
-
-
-class ExportError(MCNCError, ValueError):
-    """A bundle (or one of its tensors) has no exact PEFT LoRA form; the message names it and the fix."""
 
 
 def _lora_entry(bundle: Bundle, name: str) -> TensorEntry:
