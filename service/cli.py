@@ -1,7 +1,7 @@
-"""``mcnc serve``: the ``mcnc.commands`` entry point, and ``python -m service``.
+"""``mcnc serve`` and ``mcnc db upgrade``: the ``mcnc.commands`` entry point, and ``python -m service``.
 
-Contract with the ``mcnc`` dispatcher: ``register(subparsers)`` adds the ``serve`` subparser and
-sets ``func`` (``args.func(args) -> int`` is the exit status).
+Contract with the ``mcnc`` dispatcher: ``register(subparsers)`` adds the ``serve`` and ``db``
+subparsers and sets ``func`` (``args.func(args) -> int`` is the exit status).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["add_serve_arguments", "main", "register", "serve"]
+__all__ = ["add_serve_arguments", "db_upgrade", "main", "register", "serve"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn  # heavy imports only when serving
 
     from service.config import Settings
-    from service.errors import InsecureBindError
+    from service.errors import InsecureBindError, StoreConfigError
     from service.main import create_app
+    from service.storage import Store
 
     overrides: dict[str, Any] = {}
     for field in ("host", "port", "data_dir"):
@@ -38,7 +39,10 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
         app = create_app(settings)
-    except (InsecureBindError, ValueError) as exc:
+        # Open the stores once before binding: a bad URL, a missing bucket or a schema that needs
+        # `mcnc db upgrade` is one clear line and exit status 2, not a traceback from the lifespan.
+        Store.open(settings).close()
+    except (InsecureBindError, StoreConfigError, ValueError) as exc:
         print(f"mcnc serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,11 +50,44 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def db_upgrade(args: argparse.Namespace) -> int:
+    """Apply pending schema migrations to the server's database (MCNC_DATABASE_URL, else the embedded one)."""
+    from service.config import Settings
+    from service.storage import migrate
+
+    overrides: dict[str, Any] = {}
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    try:
+        settings = Settings(**overrides)
+        url = settings.resolved_database_url()
+        if url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        before, after = migrate.upgrade(url)
+    except Exception as exc:  # a bad URL or an unreachable database: one line, status 1
+        print(f"mcnc db upgrade: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    done = "already at" if before == after else f"upgraded from {before or 'an empty database'} to"
+    print(f"{shown}: {done} revision {after}")
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Add ``serve`` to the ``mcnc`` command (entry-point group ``mcnc.commands``)."""
+    """Add ``serve`` and ``db upgrade`` to the ``mcnc`` command (entry-point group ``mcnc.commands``)."""
     parser = subparsers.add_parser("serve", help="run the reconstruction server", description=serve.__doc__)
     add_serve_arguments(parser)
     parser.set_defaults(func=serve)
+    db = subparsers.add_parser("db", help="the server's metadata database", description="Manage the server's database.")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    up = db_commands.add_parser("upgrade", help="apply pending schema migrations", description=db_upgrade.__doc__)
+    up.add_argument("--database-url", default=None, help="SQLAlchemy URL (env MCNC_DATABASE_URL)")
+    up.add_argument("--data-dir", default=None, help="for the embedded SQLite default (env MCNC_DATA_DIR)")
+    up.set_defaults(func=db_upgrade)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MCNC_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    # Stores (docs/service.md "Scaling out"): None = embedded under data_dir.
+    database_url: str | None = None  # sqlite:///... or postgresql+psycopg://user:pw@host/db
+    blob_url: str | None = None  # file:///abs/dir or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # an S3-compatible server (MinIO, Ceph, ...); None = AWS
+    s3_multipart_bytes: int = Field(64 << 20, ge=5 << 20)  # uploads from this size on go in parts of it
+    local_cache_bytes: int = Field(16 << 30, ge=0)  # local copies of bases kept from a remote blob store
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -64,10 +70,18 @@ class Settings(BaseSettings):
     adapter_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     adapter_cache_bytes: int = Field(256 << 20, ge=0)
 
-    @field_validator("redis_url", "api_tokens", mode="before")
+    @field_validator("redis_url", "api_tokens", "database_url", "blob_url", "s3_endpoint_url", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    def resolved_database_url(self) -> str:
+        """``database_url``, else the embedded SQLite file ``<data_dir>/mcnc.sqlite3``."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'mcnc.sqlite3'}"
+
+    def resolved_blob_url(self) -> str:
+        """``blob_url``, else ``file://<data_dir>/blobs``."""
+        return self.blob_url or (self.data_dir.resolve() / "blobs").as_uri()
 
     def tokens(self) -> dict[str, frozenset[str]]:
         """Parse ``api_tokens`` (JSON ``{"token": ["read", ...]}`` or a path to such a file).

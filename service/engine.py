@@ -31,7 +31,7 @@ from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
 from service.cache import MemoryCache, RedisCache, RedisUnavailable, RedisWriter
 from service.config import Settings
-from service.errors import BusyError
+from service.errors import BaseNotFoundError, BusyError
 from service.metrics import Metrics
 from service.storage import Store
 
@@ -205,7 +205,7 @@ class Engine:
             if digest in self._bundles:
                 self._bundles.move_to_end(digest)
                 return self._bundles[digest]
-        b = mcnc_core.load_bundle(self.store.blob_path("bundles", digest))
+        b = mcnc_core.load_bundle(self.store.bundle_bytes(digest))
         with self._lock:
             self._bundles[digest] = b
             while len(self._bundles) > 16:
@@ -382,7 +382,10 @@ class Engine:
                 raise TimeoutError(f"no reconstruction slot within {self.settings.load_timeout}s")
             bundle = self.bundle(lay.digest)
             if bundle.base is not None:
-                base = _LazyBase(self.store.blob_path("bases", bundle.base.sha256))
+                rec = self.store.meta.get_base(bundle.base.sha256)
+                if rec is None:
+                    raise BaseNotFoundError(f"the base sha256:{bundle.base.sha256} of {lay.digest} is not registered")
+                base = _LazyBase(self.store.base_file(rec))
             self.metrics.reconstructions.labels(kind).inc()
             with self._lock:
                 self.reconstruction_count += 1

@@ -23,7 +23,12 @@
     ├── NotAnAdapterError              422 not_an_adapter: no exact PEFT LoRA form (full mode, rank 0)
     ├── RateLimitedError               429 rate_limited (Retry-After)
     ├── BusyError                      429 busy (Retry-After)
-    └── InsecureBindError              refused at startup: non-loopback host without tokens
+    ├── StorageUnavailableError        503 storage_unavailable: the database or blob store failed
+    ├── BlobNotFoundError              a blob store has no such object (routes answer the 404 of
+    │                                  the bundle or base it belongs to)
+    ├── InsecureBindError              refused at startup: non-loopback host without tokens
+    └── StoreConfigError               refused at startup: a bad store URL, or a database schema
+        └── SchemaOutOfDateError         older (or newer) than this server: run ``mcnc db upgrade``
 
 Every response body is ``{"error": {"code", "message", "request_id"}}`` and ``X-Error-Code``
 repeats the code, except for the three Hub-route errors marked above: there ``X-Error-Code``
@@ -47,6 +52,7 @@ __all__ = [
     "BaseMissingError",
     "BaseNotFoundError",
     "BundleNotFoundError",
+    "BlobNotFoundError",
     "BusyError",
     "ConflictError",
     "EntryNotFoundError",
@@ -64,7 +70,10 @@ __all__ = [
     "RateLimitedError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
+    "SchemaOutOfDateError",
     "ServiceError",
+    "StorageUnavailableError",
+    "StoreConfigError",
     "UnauthorizedError",
     "error_response",
     "install_error_handlers",
@@ -166,6 +175,28 @@ class BusyError(ServiceError):
     status, code = 429, "busy"
 
 
+class StorageUnavailableError(ServiceError):
+    status, code = 503, "storage_unavailable"
+
+
+class BlobNotFoundError(ServiceError):
+    """A blob store holds no object for ``(kind, digest)``; callers translate it into the 404 they mean."""
+
+    status, code = 404, "not_found"
+
+
+class StoreConfigError(ServiceError):
+    """Startup refused: a store URL the server cannot use (unknown scheme, missing bucket, ...)."""
+
+    code = "store_config"
+
+
+class SchemaOutOfDateError(StoreConfigError):
+    """Startup refused: the database schema is not the one this server needs (``mcnc db upgrade``)."""
+
+    code = "schema_out_of_date"
+
+
 class InsecureBindError(ServiceError):
     """Startup refused: a non-loopback host without API tokens (set MCNC_ALLOW_INSECURE=1 to override)."""
 
@@ -195,6 +226,7 @@ ERROR_CODES: dict[str, int] = {
         NotAnAdapterError,
         RateLimitedError,
         BusyError,
+        StorageUnavailableError,
         ServiceError,
     )
 }

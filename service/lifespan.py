@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from service.adapters import AdapterStore
 from service.cache import MemoryCache, RedisCache
 from service.engine import Engine
-from service.storage import LocalStore
+from service.storage import Store
 
 __all__ = ["lifespan"]
 
@@ -21,7 +22,7 @@ log = logging.getLogger("mcnc.service")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings, metrics = app.state.settings, app.state.metrics
-    store = LocalStore(settings.data_dir)
+    store = await run_in_threadpool(Store.open, settings)  # may migrate the embedded database
     memory = MemoryCache(settings.memory_cache_bytes, metrics)
     redis = None
     if settings.redis_url:
@@ -40,7 +41,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.adapters = AdapterStore(
         app.state.engine, dtype=settings.adapter_dtype, budget=settings.adapter_cache_bytes
     )
-    log.info("mcnc service: data %s, device %s", settings.data_dir, app.state.engine.device)
+    log.info(
+        "mcnc service: metadata %s, blobs %s, device %s",
+        store.meta.engine.url.render_as_string(hide_password=True),
+        store.blobs.url,
+        app.state.engine.device,
+    )
     try:
         yield
     finally:

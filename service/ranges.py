@@ -1,13 +1,14 @@
-"""HTTP validators and byte ranges shared by the blob and weights routes (RFC 9110 subset)."""
+"""HTTP validators, byte ranges (RFC 9110 subset) and the body iterator shared by the blob and weights routes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator, Mapping
+
+import anyio
 
 from service.errors import RangeNotSatisfiableError
 
-__all__ = ["etag_matches", "file_pieces", "parse_range", "validate_request"]
+__all__ = ["closing_stream", "etag_matches", "parse_range", "validate_request"]
 
 
 def parse_range(
@@ -86,14 +87,21 @@ def validate_request(
     return (206 if rng is not None else 200), start, end
 
 
-def file_pieces(path: Path, start: int, end: int, piece: int = 1 << 20) -> Iterator[bytes]:
-    """Read ``[start, end)`` of a file in pieces (a sync generator, run in a worker thread)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = end - start
-        while left > 0:
-            data = f.read(min(piece, left))
-            if not data:
-                raise OSError(f"{path} shrank while being sent")
-            left -= len(data)
-            yield data
+_END = b""
+
+
+async def closing_stream(gen: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    """Iterate a sync stream in worker threads and close it even when the client goes away.
+
+    Closing at once (not at garbage collection) leaves a single-flight job and frees the
+    reconstruction slot as soon as the client disconnects.
+    """
+    try:
+        while True:
+            piece = await anyio.to_thread.run_sync(next, gen, _END)
+            if piece is _END:
+                return
+            yield piece
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(gen.close)  # type: ignore[attr-defined]

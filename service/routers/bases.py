@@ -14,12 +14,12 @@ from service.deps import SettingsDep, StoreDep, require
 from service.errors import BaseNotFoundError, InvalidBaseError
 from service.routers.bundles import blob_response, receive_body
 from service.schemas import BasePublic
-from service.storage import BaseRecord, Store, TempBlob, parse_ref
+from service.storage import BaseRecord, Staged, Store, parse_ref
 
 router = APIRouter(tags=["bases"])
 
 
-def _store_base(store: Store, tmp: TempBlob) -> tuple[BaseRecord, bool]:
+def _store_base(store: Store, tmp: Staged) -> tuple[BaseRecord, bool]:
     try:
         file_sha = tmp.finish()
         try:
@@ -28,12 +28,9 @@ def _store_base(store: Store, tmp: TempBlob) -> tuple[BaseRecord, bool]:
             raise InvalidBaseError(str(exc)) from exc
         except Exception as exc:  # safetensors raises its own error types for malformed files
             raise InvalidBaseError(f"not a valid safetensors file: {exc}") from exc
-        rec = store.get_base(digest)
-        if rec is not None:
-            return rec, False
-        rec = BaseRecord(digest, file_sha, tmp.size, n_tensors, n_params, time.time())
-        store.commit_blob("bases", tmp, digest)
-        return rec, store.add_base(rec)
+        # Stored before or not: the store puts the blob (a no-op when present) and checks it under the row lock.
+        rec = store.meta.get_base(digest) or BaseRecord(digest, file_sha, tmp.size, n_tensors, n_params, time.time())
+        return store.add_base(tmp, rec)
     finally:
         tmp.discard()
 
@@ -51,8 +48,10 @@ async def upload_base(request: Request, store: StoreDep, settings: SettingsDep) 
 def get_base(digest: str, request: Request, store: StoreDep) -> Response:
     """The base file as uploaded (ETag: the file's sha256)."""
     parsed = parse_ref(digest)
-    rec = store.get_base(parsed.digest) if parsed.digest else None
+    rec = store.meta.get_base(parsed.digest) if parsed.digest else None
     if rec is None:
         raise BaseNotFoundError(f"no base {digest!r}")
     headers = {"X-MCNC-Base-Digest": f"sha256:{rec.digest}", "Cache-Control": "public, max-age=31536000, immutable"}
-    return blob_response(request, store.blob_path("bases", rec.digest), rec.file_sha256, headers)
+    return blob_response(
+        request, rec.size, rec.file_sha256, headers, lambda start, end: store.open_base(rec.digest, start, end)
+    )

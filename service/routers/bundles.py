@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -15,15 +15,23 @@ from service.config import Settings
 from service.deps import AdaptersDep, EngineDep, SettingsDep, StoreDep, require
 from service.errors import (
     BundleNotFoundError,
-    ConflictError,
     InvalidBundleError,
     InvalidRequestError,
     LimitExceededError,
     PayloadTooLargeError,
 )
-from service.ranges import file_pieces, validate_request
+from service.ranges import closing_stream, validate_request
 from service.schemas import BundlePublic, TagPublic
-from service.storage import DEFAULT_TAG, BundleRecord, Store, TempBlob, parse_ref, validate_name, validate_tag
+from service.storage import (
+    DEFAULT_TAG,
+    BlobReader,
+    BundleRecord,
+    Staged,
+    Store,
+    parse_ref,
+    validate_name,
+    validate_tag,
+)
 
 router = APIRouter(tags=["bundles"])
 _BUFFER = 1 << 20
@@ -41,16 +49,16 @@ def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
         mode=rec.mode,
         base=rec.base_sha256,
         created_at=rec.created_at,
-        tags=[TagPublic(**vars(t)) for t in store.tags_for(rec.digest)],
+        tags=[TagPublic(**vars(t)) for t in store.meta.tags_for(rec.digest)],
     )
 
 
-async def receive_body(request: Request, store: Store, limit: int) -> TempBlob:
-    """Stream the request body into a temp blob, refusing past ``limit`` bytes (413)."""
+async def receive_body(request: Request, store: Store, limit: int) -> Staged:
+    """Stream the request body into a staged temp file, refusing past ``limit`` bytes (413)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"body is {declared} bytes, over the limit of {limit} (MCNC_MAX_UPLOAD_BYTES)")
-    tmp = await run_in_threadpool(store.temp_blob)
+    tmp = await run_in_threadpool(store.stage)
     try:
         buf = bytearray()
         async for chunk in request.stream():
@@ -71,7 +79,7 @@ async def receive_body(request: Request, store: Store, limit: int) -> TempBlob:
 
 
 def _store_bundle(
-    store: Store, settings: Settings, tmp: TempBlob, name: str | None, tag: str
+    store: Store, settings: Settings, tmp: Staged, name: str | None, tag: str
 ) -> tuple[BundleRecord, bool]:
     """Validate with the strict reader, then commit blob and metadata; the temp file never survives.
 
@@ -80,9 +88,8 @@ def _store_bundle(
     """
     try:
         digest = tmp.finish()
-        rec = store.get_bundle(digest)
-        created = False
-        if rec is None:
+        rec = store.meta.get_bundle(digest)
+        if rec is None:  # new bytes: validate with the strict reader (stored bytes were validated before)
             limits = mcnc_core.ReadLimits(max_bytes=settings.max_upload_bytes, max_params=settings.max_params)
             try:
                 bundle = mcnc_core.load_bundle(tmp.path, limits=limits)
@@ -101,12 +108,9 @@ def _store_bundle(
                 base_name=bundle.base.name if bundle.base else None,
                 created_at=time.time(),
             )
-            store.commit_blob("bundles", tmp, digest)
-            created = store.add_bundle(rec)
-            rec = store.get_bundle(digest) or rec
-        if name is not None:
-            store.set_tag(name, tag, digest)
-        return rec, created
+        # Also for stored bytes: the store re-checks the blob inside the transaction, so an upload
+        # racing a delete of the same digest ends with both row and blob (or neither).
+        return store.add_bundle(tmp, rec, tag=(name, tag) if name is not None else None)
     finally:
         tmp.discard()
 
@@ -138,17 +142,24 @@ async def upload_bundle(
     return JSONResponse(body.model_dump(), status_code=201 if created else 200, headers={"ETag": f'"{rec.digest}"'})
 
 
-def blob_response(request: Request, path: Path, etag: str, headers: dict[str, str]) -> Response:
-    """A stored blob with ETag/304, Range/206/416, HEAD; read in pieces from a worker thread."""
+def blob_response(
+    request: Request, size: int, etag: str, headers: dict[str, str], open_range: Callable[[int, int], BlobReader]
+) -> Response:
+    """A stored blob of ``size`` bytes with ETag/304, Range/206/416, HEAD.
+
+    ``open_range(start, end)`` opens the bytes before the status is sent: a blob deleted after its
+    record was read answers 404, never a 200 cut short.
+    """
     headers = dict(headers)
-    answer = validate_request(request.headers, path.stat().st_size, etag, headers)
+    answer = validate_request(request.headers, size, etag, headers)
     if answer is None:
         return Response(status_code=304, headers=headers)
     status, start, end = answer
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    reader = open_range(start, end)
     return StreamingResponse(
-        file_pieces(path, start, end), status_code=status, headers=headers, media_type="application/octet-stream"
+        closing_stream(reader), status_code=status, headers=headers, media_type="application/octet-stream"
     )
 
 
@@ -157,12 +168,15 @@ def blob_response(request: Request, path: Path, etag: str, headers: dict[str, st
 def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
     """The raw bundle file."""
     parsed = parse_ref(ref)
-    digest = store.resolve(parsed)
-    if digest is None:
+    digest = store.meta.resolve(parsed)
+    rec = store.meta.get_bundle(digest) if digest else None
+    if rec is None:
         raise BundleNotFoundError(f"no bundle {ref!r}")
     cache = "public, max-age=31536000, immutable" if parsed.digest else "no-cache"
-    headers = {"X-MCNC-Bundle-Digest": f"sha256:{digest}", "Cache-Control": cache}
-    return blob_response(request, store.blob_path("bundles", digest), digest, headers)
+    headers = {"X-MCNC-Bundle-Digest": f"sha256:{rec.digest}", "Cache-Control": cache}
+    return blob_response(
+        request, rec.size, rec.digest, headers, lambda start, end: store.open_bundle(rec.digest, start, end)
+    )
 
 
 @router.delete("/bundles/{id}", status_code=204, dependencies=[Depends(require("admin"))])
@@ -171,13 +185,7 @@ def delete_bundle(id: str, store: StoreDep, engine: EngineDep, adapters: Adapter
     parsed = parse_ref(id)
     if parsed.digest is None:
         raise InvalidRequestError(f"DELETE /bundles takes a digest, got {id!r}; use DELETE /models/{{ref}} for names")
-    if store.get_bundle(parsed.digest) is None:
-        raise BundleNotFoundError(f"no bundle sha256:{parsed.digest}")
-    tags = store.tags_for(parsed.digest)
-    if tags and not force:
-        names = ", ".join(f"{t.name}:{t.tag}" for t in tags[:10])
-        raise ConflictError(f"bundle is still named by {names}; remove those names or pass force=true")
-    store.delete_bundle(parsed.digest)
+    store.delete_bundle(parsed.digest, force=force)  # BundleNotFoundError, ConflictError (names point at it)
     engine.forget(parsed.digest)
     adapters.forget(parsed.digest)
     return Response(status_code=204)

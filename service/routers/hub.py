@@ -47,7 +47,7 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
         validate_name(repo_id)
     except InvalidRequestError as exc:
         raise RepoNotFoundError(f"no repository {repo_id!r}: {exc.message}") from exc
-    tags = store.tags_named(repo_id)
+    tags = store.meta.tags_named(repo_id)
     if not tags:
         raise RepoNotFoundError(f"no repository {repo_id!r}: push a bundle with POST /bundles?name={repo_id}")
     try:
@@ -65,7 +65,7 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
         raise RevisionNotFoundError(
             f"{repo_id!r} has no revision {revision!r} (tags: {known}; 'main' is {DEFAULT_TAG!r}; or a bundle digest)"
         )
-    rec = store.get_bundle(digest)
+    rec = store.meta.get_bundle(digest)
     if rec is None:  # pragma: no cover - a tag always points at a stored bundle (foreign key)
         raise RevisionNotFoundError(f"{repo_id!r}@{revision} points at a missing bundle")
     if rec.mode != "delta":
@@ -89,7 +89,7 @@ def model_info(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersD
 def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: str) -> dict[str, Any]:
     digest, tag = resolve_revision(store, repo_id, revision)
     files = adapters.files(digest)
-    rec = store.get_bundle(digest)
+    rec = store.meta.get_bundle(digest)
     assert rec is not None
     return {
         "_id": digest,

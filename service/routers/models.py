@@ -27,7 +27,7 @@ def _loaded(store: Store, engine: Engine) -> list[LoadedModel]:
     for key, tier, nbytes, last in sorted(rows, key=lambda r: -r[3]):
         digest, _, rest = key.partition(":")
         dtype = rest.partition(":")[0]
-        tags = [f"{t.name}:{t.tag}" for t in store.tags_for(digest)]
+        tags = [f"{t.name}:{t.tag}" for t in store.meta.tags_for(digest)]
         out.append(LoadedModel(digest=digest, dtype=dtype, key=key, tier=tier, bytes=nbytes, last_used=last, tags=tags))
     return out
 
@@ -38,20 +38,20 @@ async def list_models(
     engine: EngineDep,
     loaded: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # SQLite's OFFSET is a 64-bit int; keep far inside
 ) -> ModelsPublic | LoadedModels:
     """Names and tags with their digests (paginated), or with ``loaded=true`` what each tier holds."""
     if loaded:
         return LoadedModels(items=await run_in_threadpool(_loaded, store, engine))
-    tags, total = await run_in_threadpool(store.list_tags, limit=limit, offset=offset)
+    tags, total = await run_in_threadpool(store.meta.list_tags, limit=limit, offset=offset)
     return ModelsPublic(items=[TagPublic(**vars(t)) for t in tags], total=total, limit=limit, offset=offset)
 
 
 @router.get("/models/{ref:path}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
 def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
     """Metadata of the bundle ``ref`` resolves to."""
-    digest = store.resolve(parse_ref(ref))
-    rec = store.get_bundle(digest) if digest else None
+    digest = store.meta.resolve(parse_ref(ref))
+    rec = store.meta.get_bundle(digest) if digest else None
     if rec is None:
         raise ModelNotFoundError(f"no model {ref!r}")
     tiers = sorted({m.tier for m in _loaded(store, engine) if m.digest == rec.digest})
@@ -65,7 +65,7 @@ def delete_model(ref: str, store: StoreDep) -> dict[str, str]:
     if parsed.digest is not None:
         raise InvalidRequestError("DELETE /models takes name or name:tag; delete digests with DELETE /bundles/{id}")
     assert parsed.name is not None and parsed.tag is not None
-    rec = store.get_tag(parsed.name, parsed.tag)
-    if rec is None or not store.delete_tag(parsed.name, parsed.tag):
+    rec = store.meta.delete_tag(parsed.name, parsed.tag)
+    if rec is None:
         raise ModelNotFoundError(f"no model {parsed.name}:{parsed.tag}")
     return {"deleted": f"{parsed.name}:{parsed.tag}", "digest": f"sha256:{rec.digest}"}

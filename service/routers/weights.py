@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Literal
 
-import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -13,37 +11,19 @@ from fastapi.responses import StreamingResponse
 from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine, Layout
 from service.errors import BaseMissingError, ModelNotFoundError
-from service.ranges import validate_request
+from service.ranges import closing_stream, validate_request
 from service.storage import Store, parse_ref
 
 router = APIRouter(tags=["weights"])
-_END = b""
-
-
-async def closing_stream(gen: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
-    """Iterate a sync stream in worker threads and close it even when the client goes away.
-
-    Closing at once (not at garbage collection) leaves a single-flight job and frees the
-    reconstruction slot as soon as the client disconnects.
-    """
-    try:
-        while True:
-            piece = await anyio.to_thread.run_sync(next, gen, _END)
-            if piece is _END:
-                return
-            yield piece
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(gen.close)  # type: ignore[attr-defined]
 
 
 def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout, bool, str | None]:
     parsed = parse_ref(ref)
-    digest = store.resolve(parsed)
-    rec = store.get_bundle(digest) if digest else None
+    digest = store.meta.resolve(parsed)
+    rec = store.meta.get_bundle(digest) if digest else None
     if digest is None or rec is None:
         raise ModelNotFoundError(f"no model {ref!r}")
-    if rec.base_sha256 is not None and store.get_base(rec.base_sha256) is None:
+    if rec.base_sha256 is not None and store.meta.get_base(rec.base_sha256) is None:
         raise BaseMissingError(
             f"{ref!r} is a delta of base sha256:{rec.base_sha256} ({rec.base_name or 'unnamed'}), which this server "
             "does not hold: register it with POST /bases (client.push_base(state_dict)), or reconstruct where the "

@@ -115,7 +115,7 @@ def test_redis_stopped_requests_still_succeed(tmp_path, tiny, own_redis):
         full = c.get("/models/m/weights").content
         assert c.get("/models/m/weights").content == full  # a Redis hit
         engine = c.app.state.engine
-        lay = engine.layout(engine.store.resolve(__import__("service").storage.parse_ref("m")), "native")
+        lay = engine.layout(engine.store.meta.resolve(__import__("service").storage.parse_ref("m")), "native")
         stream = engine.stream(lay, 0, lay.total)
         got = [bytes(next(stream)), bytes(next(stream))]  # header, then the first Redis chunk
         proc.kill()

@@ -1,4 +1,4 @@
-"""LocalStore and refs: parsing, temp-file hygiene, atomic commits, tags."""
+"""Refs, staging hygiene, atomic file puts, store URLs the server refuses (the contract suite: test_contract.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import hashlib
 
 import pytest
 
-from service.errors import InvalidRequestError
-from service.storage import LocalStore, Ref, parse_ref
+from service.config import Settings
+from service.errors import InvalidRequestError, StoreConfigError
+from service.storage import MetadataStore, Ref, Store, open_blob_store, parse_ref
 
 HEX = "ab" * 32
 
@@ -36,25 +37,48 @@ def test_parse_ref_rejects(text):
         parse_ref(text)
 
 
-def test_stale_temp_files_are_removed_at_start(tmp_path):
-    LocalStore(tmp_path).close()
-    stale = tmp_path / "tmp" / "upload-crashed.tmp"
-    stale.write_bytes(b"half")
-    LocalStore(tmp_path).close()
-    assert not stale.exists()
+def test_stale_staging_and_partial_puts_are_removed_at_start(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    Store.open(settings).close()
+    stale = [tmp_path / "tmp" / "upload-crashed.tmp", tmp_path / "blobs" / ".incoming" / "0123abcd"]
+    for path in stale:
+        path.write_bytes(b"half")
+    Store.open(settings).close()
+    assert not any(p.exists() for p in stale)
 
 
-def test_commit_is_a_rename_and_discard_removes(tmp_path):
-    store = LocalStore(tmp_path)
-    tmp = store.temp_blob()
-    tmp.write(b"hello")
-    digest = tmp.finish()
+def test_file_put_is_atomic_and_keeps_the_staged_file(tmp_path):
+    store = Store.open(Settings(data_dir=tmp_path))
+    staged = store.stage()
+    staged.write(b"hello")
+    digest = staged.finish()
     assert digest == hashlib.sha256(b"hello").hexdigest()
-    dest = store.commit_blob("bundles", tmp, digest)
-    tmp.discard()  # after the rename: a no-op
-    assert dest.read_bytes() == b"hello" and list((tmp_path / "tmp").iterdir()) == []
-    other = store.temp_blob()
-    other.write(b"x")
-    other.discard()
-    assert list((tmp_path / "tmp").iterdir()) == []
+    store.blobs.put("bundles", digest, staged)
+    assert staged.path.read_bytes() == b"hello"  # still usable: a racing delete may need a second put
+    staged.discard()
+    assert (tmp_path / "blobs" / "bundles" / digest).read_bytes() == b"hello"
+    assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "blobs" / ".incoming").iterdir()) == []
+    assert b"".join(store.blobs.open_range("bundles", digest, 1, 4)) == b"ell"
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://host/x", "scheme must be file:// or s3://"),
+        ("file://relative/dir", "expected file:///absolute/path"),
+        ("s3://", "expected s3://bucket"),
+    ],
+)
+def test_bad_blob_urls_are_refused(url, message):
+    with pytest.raises(StoreConfigError, match=message):
+        open_blob_store(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("mysql://u@h/db", "not supported"), ("postgresql+nosuchdriver://h/db", "not usable"), ("not a url", "not usable")],
+)
+def test_bad_database_urls_are_refused(url, message):
+    with pytest.raises(StoreConfigError, match=message):
+        MetadataStore(url, auto_upgrade=True)
