@@ -36,6 +36,7 @@ from service.storage.schema import bases, bundles, tags
 __all__ = ["MetadataStore"]
 
 log = logging.getLogger("mcnc.service.storage")
+_INSERT_ATTEMPTS = 5
 _SQLITE_BUSY_MS = 30_000  # writers queue behind each other instead of failing with "database is locked"
 
 
@@ -135,9 +136,17 @@ class MetadataStore:
         """Insert ``values`` unless the primary key ``digest`` exists, then lock and return the row (and
         whether it was inserted)."""
         ins = self._insert(table).values(**values).on_conflict_do_nothing(index_elements=["digest"])
-        created = conn.execute(ins).rowcount == 1
-        row = conn.execute(select(table).where(table.c.digest == values["digest"]).with_for_update()).one()
-        return row, created
+        locked = select(table).where(table.c.digest == values["digest"]).with_for_update()
+        # PostgreSQL, READ COMMITTED: the insert may see a row that a concurrent delete then removes
+        # before our lock is granted (the locking read returns nothing); each retry takes a fresh
+        # snapshot, in which the insert succeeds. SQLite's writers are serial: one pass.
+        for _ in range(_INSERT_ATTEMPTS):
+            # RETURNING yields the row only when inserted (rowcount is not reliable for ON CONFLICT everywhere)
+            created = conn.execute(ins.returning(table.c.digest)).first() is not None
+            row = conn.execute(locked).first()
+            if row is not None:
+                return row, created
+        raise StorageUnavailableError(f"{table.name} row {values['digest']} kept disappearing under concurrent deletes")
 
     # reads
     def get_bundle(self, digest: str) -> BundleRecord | None:

@@ -85,3 +85,60 @@ def redis_url() -> Iterator[tuple[str, str]]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database created for this test run (migrated to head), dropped at the end."""
+    from service.storage import migrate
+    from tests.service._backends import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        migrate.upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def postgres(postgres_url: str) -> str:
+    """The run's database, emptied for this test."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE tags, bundles, bases"))
+    engine.dispose()
+    return postgres_url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from tests.service._backends import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new empty bucket on the session's S3 server."""
+    from tests.service._backends import new_bucket
+
+    return new_bucket(s3_endpoint)
+
+
+@pytest.fixture(params=["sqlite+file", "postgres+s3"])
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for each store implementation: the embedded default, and PostgreSQL + S3 (moto)."""
+    if request.param == "sqlite+file":
+        return Settings(data_dir=tmp_path / "data", redis_url=None, api_tokens=None)
+    pg, endpoint = request.getfixturevalue("postgres"), request.getfixturevalue("s3_endpoint")
+    bucket = request.getfixturevalue("s3_bucket")
+    return Settings(
+        data_dir=tmp_path / "data",
+        redis_url=None,
+        api_tokens=None,
+        database_url=pg,
+        blob_url=f"s3://{bucket}/mcnc",
+        s3_endpoint_url=endpoint,
+        s3_multipart_bytes=5 << 20,
+    )

@@ -77,7 +77,11 @@ def test_bad_blob_urls_are_refused(url, message):
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("mysql://u@h/db", "not supported"), ("postgresql+nosuchdriver://h/db", "not usable"), ("not a url", "not usable")],
+    [
+        ("mysql://u@h/db", "not supported"),
+        ("postgresql+nosuchdriver://h/db", "not usable"),
+        ("not a url", "not usable"),
+    ],
 )
 def test_bad_database_urls_are_refused(url, message):
     with pytest.raises(StoreConfigError, match=message):
