@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make serve   # venv + install + run the server on its embedded default (local files + SQLite)
-#   make test    # venv + install with [dev] + start Redis if missing + the whole test suite
+#   make test    # venv + install with [dev] + start Redis and PostgreSQL if missing + the whole test suite
 # Install torch first so the project's range is satisfied by it: the default is the CPU wheel
 # these machines carry; elsewhere override, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
@@ -30,6 +30,7 @@ example: install-dev
 
 test: install-dev
 	bash scripts/ensure_redis.sh
+	bash scripts/ensure_postgres.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
