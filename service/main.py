@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.config import Settings, get_settings, is_loopback
-from service.deps import RateLimiter
 from service.errors import ERROR_CODES, InsecureBindError, install_error_handlers
 from service.lifespan import lifespan
 from service.metrics import Metrics, MetricsMiddleware
+from service.ratelimit import RateLimiter
 from service.routers import api_router
 from service.schemas import ErrorResponse
 
@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.tokens = settings.tokens()
     app.state.metrics = Metrics()
-    app.state.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_limit_burst)
+    app.state.rate_limiter = RateLimiter(
+        settings.rate_limit, settings.rate_limit_burst, redis_url=settings.redis_url, prefix=settings.redis_prefix
+    )
     install_error_handlers(app)
     app.include_router(api_router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
