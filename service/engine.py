@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from redis.lock import Lock
 from safetensors import safe_open
 from torch import Tensor
 
@@ -29,7 +30,7 @@ from mcnc_core.bundle import Bundle
 from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
-from service.cache import MemoryCache, RedisCache, RedisUnavailable, RedisWriter
+from service.cache import MemoryCache, RedisCache, RedisEntry, RedisUnavailable, RedisWriter
 from service.config import Settings
 from service.errors import BaseNotFoundError, BusyError
 from service.metrics import Metrics
@@ -46,6 +47,7 @@ DTYPES: dict[str, torch.dtype | None] = {
 }
 _PIECE = 4 << 20  # bytes per yielded body piece
 _LAG_TIMEOUT_S = 30.0  # a subscriber this far behind a job is dropped and rebuilds on its own
+_PEER_POLL_S = 0.05  # how often a server waiting on another's reconstruction looks for its tier-2 entry
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -123,6 +125,7 @@ class _Job:
         self.finished = False
         self.subs: dict[int, list[int]] = {}  # subscriber -> indices it still needs, ascending
         self._next_sub = 0
+        self.flight: Lock | None = None  # the cluster-wide flight lock, released when the job ends
 
     def subscribe(self, names: list[str]) -> int:
         with self.cond:
@@ -277,6 +280,7 @@ class Engine:
     # the stream
     def stream(self, lay: Layout, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Yield the response bytes ``[start, end)`` (a sync generator: iterate it in a thread)."""
+        flight: Lock | None = None  # this server's right to run the cluster's one reconstruction of lay
         if start < len(lay.prefix):
             yield lay.prefix[start : min(end, len(lay.prefix))]
         pos = max(start, len(lay.prefix))
@@ -290,6 +294,8 @@ class Engine:
             self.metrics.misses.labels("memory").inc()
             if self.redis is not None:
                 meta = self.redis.meta(lay.key, lay.total)
+                if meta is None and whole:
+                    meta, flight = self._peer_or_flight(lay)
                 if meta is not None:
                     try:
                         for piece in self.redis.read(lay.key, meta, pos, end):
@@ -299,7 +305,7 @@ class Engine:
                     except RedisUnavailable:
                         whole = False  # resume from ``pos``, rebuilding only what is left
                     touched = lay.touched(pos, end)
-        for name, t in self._tensors(lay, touched, full=whole):
+        for name, t in self._tensors(lay, touched, full=whole, flight=flight):
             b, e = lay.spans[name]
             buf = tensor_bytes(t)
             lo, hi = max(pos, b) - b, min(end, e) - b
@@ -307,13 +313,57 @@ class Engine:
                 yield buf[off : min(hi, off + _PIECE)]
             pos = b + hi
 
-    def _tensors(self, lay: Layout, names: list[str], *, full: bool) -> Iterator[tuple[str, Tensor]]:
-        """``(name, tensor)`` for ``names`` in order: memory, else the job, else rebuild the rest."""
+    def _peer_or_flight(self, lay: Layout) -> tuple[RedisEntry | None, Lock | None]:
+        """Across servers sharing Redis, one reconstruction per model key: take the flight lock, or wait
+        for the server holding it to publish the tier-2 entry.
+
+        Returns:
+            ``(entry, None)`` once another server's entry is complete; ``(None, lock)`` when this server
+            reconstructs (the job releases the lock); ``(None, None)`` to reconstruct without it (a local
+            job exists, the stream cannot fit tier 2, Redis failed, or ``load_timeout`` passed).
+        """
+        redis = self.redis
+        assert redis is not None
+        if lay.total > redis.budget:  # no entry will ever appear for others to wait on
+            return None, None
+        deadline = time.monotonic() + self.settings.load_timeout
+        try:
+            while True:
+                with self._lock:
+                    if lay.key in self._jobs:  # a job here: join it
+                        return None, None
+                lock = redis.try_flight_lock(lay.key)
+                if lock is not None:
+                    if not redis.has(lay.key, quiet=False):
+                        return None, lock
+                    redis.release_flight_lock(lock)  # the previous holder finished in between
+                    return redis.meta(lay.key, lay.total), None
+                time.sleep(_PEER_POLL_S)
+                if redis.has(lay.key, quiet=False):
+                    self.metrics.peer_waits.inc()
+                    return redis.meta(lay.key, lay.total), None
+                if time.monotonic() > deadline:
+                    log.warning("no tier-2 entry for %s from its flight-lock holder within %ss", lay.key, deadline)
+                    return None, None
+        except RedisUnavailable:
+            return None, None
+
+    def _tensors(
+        self, lay: Layout, names: list[str], *, full: bool, flight: Lock | None = None
+    ) -> Iterator[tuple[str, Tensor]]:
+        """``(name, tensor)`` for ``names`` in order: memory, else the job, else rebuild the rest.
+
+        ``flight`` (the cluster's flight lock for ``lay``) goes to the job this call starts; if none
+        starts, it is released at once.
+        """
         job = None
         with self._lock:
             job = self._jobs.get(lay.key)
             if job is None and full and not self.memory.has_all(lay.key, names):
-                job = self._start_job(lay)
+                job = self._start_job(lay, flight)
+                flight = None
+        if flight is not None and self.redis is not None:
+            self.redis.release_flight_lock(flight)
         sid = job.subscribe(names) if job is not None else None
         own: Iterator[tuple[str, Tensor]] | None = None
         try:
@@ -336,9 +386,10 @@ class Engine:
             if own is not None:
                 own.close()  # type: ignore[attr-defined]
 
-    def _start_job(self, lay: Layout) -> _Job:
+    def _start_job(self, lay: Layout, flight: Lock | None) -> _Job:
         # caller holds self._lock
         job = _Job(lay, keep_all=lay.data_bytes <= self.memory.budget)
+        job.flight = flight
         self._jobs[lay.key] = job
         threading.Thread(target=self._run_job, args=(job,), name=f"mcnc-job-{lay.digest[:8]}", daemon=True).start()
         return job
@@ -352,7 +403,12 @@ class Engine:
                 writer = self.redis.writer(lay.key, lay.total)
                 if writer is not None:
                     writer.feed(lay.prefix)
+            renewed = time.monotonic()
             for name, t in self._reconstruct(lay, list(lay.names), kind="full"):
+                if job.flight is not None and time.monotonic() - renewed > RedisCache.FLIGHT_LEASE_S / 3:
+                    assert self.redis is not None
+                    self.redis.extend_flight_lock(job.flight)
+                    renewed = time.monotonic()
                 self.memory.put(lay.key, name, t)
                 job.publish(name, t)
                 data = tensor_bytes(t)
@@ -368,6 +424,8 @@ class Engine:
         finally:
             with self._lock:
                 self._jobs.pop(lay.key, None)
+            if job.flight is not None and self.redis is not None:
+                self.redis.release_flight_lock(job.flight)  # after the commit: waiters find the entry
             job.finish()
 
     def _reconstruct(self, lay: Layout, names: list[str], *, kind: str) -> Iterator[tuple[str, Tensor]]:

@@ -30,6 +30,9 @@ class Metrics:
         self.evictions = Counter("mcnc_cache_evictions_total", "Cache evictions", ["tier"], registry=r)
         self.cache_bytes = Gauge("mcnc_cache_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.redis_errors = Counter("mcnc_redis_errors_total", "Redis operations that failed", registry=r)
+        self.peer_waits = Counter(
+            "mcnc_peer_waits_total", "Cold requests served from another server's reconstruction (via Redis)", registry=r
+        )
 
 
 class MetricsMiddleware:
