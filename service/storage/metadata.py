@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, Table, create_engine, delete, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.sql.dml import Insert
 
 from service.errors import BundleNotFoundError, ConflictError, StorageUnavailableError, StoreConfigError
@@ -123,9 +123,7 @@ class MetadataStore:
                     conn.execution_options(mcnc_write=True)
                 with conn.begin():
                     yield conn
-        except (IntegrityError, BundleNotFoundError, ConflictError):
-            raise
-        except DBAPIError as exc:
+        except DBAPIError as exc:  # connection lost, server gone, disk full: the store is unavailable
             raise StorageUnavailableError(f"database error: {exc.orig}") from exc
 
     def _insert(self, table: Table) -> Insert:

@@ -8,7 +8,7 @@ import pytest
 
 from service.config import Settings
 from service.errors import InvalidRequestError, StoreConfigError
-from service.storage import MetadataStore, Ref, Store, open_blob_store, parse_ref
+from service.storage import LocalBlobCache, MetadataStore, Ref, Staged, Store, open_blob_store, parse_ref
 
 HEX = "ab" * 32
 
@@ -86,3 +86,28 @@ def test_bad_blob_urls_are_refused(url, message):
 def test_bad_database_urls_are_refused(url, message):
     with pytest.raises(StoreConfigError, match=message):
         MetadataStore(url, auto_upgrade=True)
+
+
+def test_local_copies_of_remote_blobs_stay_within_their_budget(tmp_path, s3_endpoint, s3_bucket):
+    blobs = open_blob_store(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint)
+    cache = LocalBlobCache(blobs, tmp_path / "cache", budget=150_000)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    files = {}
+    for i in range(3):
+        data = bytes([i]) * 100_000
+        staged = Staged(staging)
+        staged.write(data)
+        digest = staged.finish()
+        blobs.put("bases", digest, staged)
+        staged.discard()
+        files[digest] = data
+    paths = []
+    for digest, data in files.items():
+        paths.append(cache.path("bases", digest, sha256=digest))
+        assert paths[-1].read_bytes() == data
+    assert [p.exists() for p in paths] == [False, False, True]  # only the newest fits 150 kB
+    assert sum(f.stat().st_size for f in (tmp_path / "cache").iterdir()) <= 150_000
+    again = cache.path("bases", next(iter(files)), sha256=next(iter(files)))  # evicted: downloaded again
+    assert again.read_bytes() == next(iter(files.values()))
+    blobs.close()
