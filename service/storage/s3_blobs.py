@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 from urllib.parse import urlparse
 
@@ -87,37 +88,36 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:  # housekeeping only: the store works without it
             log.warning("could not list stale multipart uploads in %s: %s", self.url, exc)
 
-    def _fail(self, what: str, exc: Exception) -> StorageUnavailableError:
-        return StorageUnavailableError(f"object store {self.url}: {what} failed: {exc}")
+    @contextmanager
+    def _errors(self, what: str, missing: tuple[Kind, str] | None = None) -> Iterator[None]:
+        """Translate boto errors: a missing ``missing`` object -> BlobNotFoundError, anything else ->
+        StorageUnavailableError naming ``what``."""
+        try:
+            yield
+        except ClientError as exc:
+            if missing is not None and _missing(exc):
+                raise BlobNotFoundError(f"no blob {missing[0]}/{missing[1]}") from exc
+            raise StorageUnavailableError(f"object store {self.url}: {what} failed: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StorageUnavailableError(f"object store {self.url}: {what} failed: {exc}") from exc
 
     def put(self, kind: Kind, digest: str, staged: Staged) -> None:
         if self.exists(kind, digest):
             return
-        try:
+        with self._errors(f"upload of {kind}/{digest}"):
             self.client.upload_file(str(staged.path), self.bucket, self._key(kind, digest), Config=self._transfer)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise self._fail(f"upload of {kind}/{digest}", exc) from exc
 
     def exists(self, kind: Kind, digest: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(kind, digest))
+            with self._errors(f"HEAD {kind}/{digest}", missing=(kind, digest)):
+                self.client.head_object(Bucket=self.bucket, Key=self._key(kind, digest))
             return True
-        except ClientError as exc:
-            if _missing(exc):
-                return False
-            raise self._fail("HEAD", exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail("HEAD", exc) from exc
+        except BlobNotFoundError:
+            return False
 
     def _get(self, kind: Kind, digest: str, **kw: Any) -> Any:
-        try:
+        with self._errors(f"GET {kind}/{digest}", missing=(kind, digest)):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(kind, digest), **kw)["Body"]
-        except ClientError as exc:
-            if _missing(exc):
-                raise BlobNotFoundError(f"no blob {kind}/{digest}") from exc
-            raise self._fail(f"GET {kind}/{digest}", exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail(f"GET {kind}/{digest}", exc) from exc
 
     def open_range(self, kind: Kind, digest: str, start: int, end: int) -> BlobReader:
         if end <= start:
@@ -126,7 +126,8 @@ class S3BlobStore(BlobStore):
 
         def pieces() -> Iterator[bytes]:
             try:
-                yield from body.iter_chunks(_PIECE)
+                with self._errors(f"reading {kind}/{digest}"):
+                    yield from body.iter_chunks(_PIECE)
             finally:
                 body.close()
 
@@ -135,32 +136,23 @@ class S3BlobStore(BlobStore):
     def read_all(self, kind: Kind, digest: str) -> bytes:
         body = self._get(kind, digest)
         try:
-            data: bytes = body.read()
+            with self._errors(f"reading {kind}/{digest}"):
+                data: bytes = body.read()
             return data
         finally:
             body.close()
 
     def download(self, kind: Kind, digest: str, dest: IO[bytes]) -> None:
-        try:
+        with self._errors(f"download of {kind}/{digest}", missing=(kind, digest)):
             self.client.download_fileobj(self.bucket, self._key(kind, digest), dest, Config=self._transfer)
-        except ClientError as exc:
-            if _missing(exc):
-                raise BlobNotFoundError(f"no blob {kind}/{digest}") from exc
-            raise self._fail(f"download of {kind}/{digest}", exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail(f"download of {kind}/{digest}", exc) from exc
 
     def delete(self, kind: Kind, digest: str) -> None:
-        try:
+        with self._errors(f"DELETE {kind}/{digest}"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(kind, digest))
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail(f"DELETE {kind}/{digest}", exc) from exc
 
     def ping(self) -> None:
-        try:
+        with self._errors("HEAD bucket"):
             self.client.head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail("HEAD bucket", exc) from exc
 
     def close(self) -> None:
         self.client.close()

@@ -34,6 +34,8 @@ def test_ready_is_503_when_storage_breaks(client, settings):
     r = client.get("/health/ready")
     assert r.status_code == 503 and r.headers["x-error-code"] == "not_ready"
     assert r.json()["checks"]["storage"].startswith("error")
+    r = client.get("/models/m")  # requests that need the store: 503 in the envelope, not a 500
+    assert r.status_code == 503 and error_code(r) == "storage_unavailable"
 
 
 def test_metrics_count_routes_and_bytes(client, tiny):
