@@ -4,7 +4,8 @@ Readers that need a file (a delta's base is opened with ``safe_open``, which map
 here: the blob store's own file when it keeps blobs as local files, else a copy downloaded once
 into ``directory`` and checked against its sha256. Least recently used copies are removed when
 the total exceeds the budget (a copy in use stays readable: POSIX keeps an unlinked file's data
-while it is open or mapped).
+while it is open or mapped). A copy used in the last ``_IN_USE_S`` seconds is never removed, so a
+reader that was just handed a path finds the file when it opens it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +23,8 @@ from service.storage.blobs import BlobStore
 from service.storage.refs import Kind
 
 __all__ = ["LocalBlobCache"]
+
+_IN_USE_S = 60.0
 
 
 class _HashingWriter:
@@ -79,6 +83,7 @@ class LocalBlobCache:
         return dest
 
     def _evict(self, *, keep: Path) -> None:
+        recent = time.time() - _IN_USE_S
         with self._lock:
             files = []
             for p in self.directory.iterdir():
@@ -89,8 +94,8 @@ class LocalBlobCache:
                         continue
                     files.append((st.st_mtime, st.st_size, p))
             total = sum(size for _, size, _ in files) + keep.stat().st_size
-            for _, size, p in sorted(files):
-                if total <= self.budget:
+            for mtime, size, p in sorted(files):
+                if total <= self.budget or mtime > recent:
                     break
                 p.unlink(missing_ok=True)
                 total -= size

@@ -7,12 +7,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
+from service.cache import RedisCache
+from service.metrics import Metrics
 from tests.service._helpers import metric
 
 pytestmark = pytest.mark.redis
@@ -138,3 +141,58 @@ def test_redis_down_from_the_start(tmp_path, tiny):
         a, b = c.get("/models/m/weights"), c.get("/models/m/weights")
         assert a.status_code == b.status_code == 200 and a.content == b.content
         assert metric(c, "mcnc_redis_errors_total") >= 1
+
+
+def test_budget_stays_exact_with_concurrent_writers(redis_url):
+    """Four servers' caches writing 40 entries at once: the shared total is the sum of the entries,
+    within the budget, and every entry that survives is complete."""
+    url, prefix = redis_url
+    caches = [
+        RedisCache(url, budget=10_000, ttl=60, chunk_bytes=1024, prefix=prefix, metrics=Metrics()) for _ in range(4)
+    ]
+
+    def write(i: int) -> None:
+        writer = caches[i % 4].writer(f"k{i}", 3000)
+        if writer is not None:
+            writer.feed(bytes([i]) * 3000)
+            writer.commit("unused")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(40)))
+    r = redis.Redis.from_url(url)
+    sizes = {k.decode(): int(v) for k, v in r.hgetall(prefix + "sizes").items()}
+    assert int(r.get(prefix + "used")) == sum(sizes.values()) <= 10_000
+    assert sorted(m.decode() for m in r.zrange(prefix + "lru", 0, -1)) == sorted(sizes)
+    for key in sizes:
+        entry = caches[0].meta(key, 3000)
+        assert entry is not None and b"".join(caches[0].read(key, entry, 0, 3000)) == bytes([int(key[1:])]) * 3000
+    assert caches[0].metrics.registry.get_sample_value("mcnc_cache_bytes", {"tier": "redis"}) is not None
+    for c in caches:
+        c.close()
+
+
+def test_an_altered_chunk_is_never_served(tmp_path, tiny, redis_url):
+    url, prefix = redis_url
+    with _app(tmp_path, url, prefix, redis_chunk_bytes=1024) as c:
+        c.post("/bundles", params={"name": "m"}, content=tiny.data)
+        full = c.get("/models/m/weights").content
+        r = redis.Redis.from_url(url)
+        chunk = next(k for k in r.scan_iter(match=prefix + "w:*:1"))
+        r.set(chunk, bytes(1024))  # same length, other bytes
+        again = c.get("/models/m/weights")
+        assert again.status_code == 200 and again.content == full  # rebuilt from the altered chunk on
+        assert metric(c, "mcnc_redis_errors_total") >= 1
+        assert not list(r.scan_iter(match=prefix + "w:*:meta"))  # the corrupt entry is gone
+
+
+def test_a_dead_flight_lock_holder_delays_but_does_not_block(tmp_path, tiny, redis_url):
+    url, prefix = redis_url
+    with _app(tmp_path, url, prefix) as c:
+        digest = c.post("/bundles", params={"name": "m"}, content=tiny.data).json()["id"]
+        key = c.app.state.engine.layout(digest, "native").key
+        r = redis.Redis.from_url(url)
+        assert r.lock(f"{prefix}flight:{key}", timeout=1.5).acquire(blocking=False)  # a server that then died
+        t0 = time.monotonic()
+        got = c.get("/models/m/weights")
+        assert got.status_code == 200 and 1.0 < time.monotonic() - t0 < 30
+        assert metric(c, "mcnc_reconstructions_total", kind="full") == 1

@@ -8,7 +8,7 @@ import pytest
 
 from service.config import Settings
 from service.errors import InvalidRequestError, StoreConfigError
-from service.storage import LocalBlobCache, MetadataStore, Ref, Staged, Store, open_blob_store, parse_ref
+from service.storage import LocalBlobCache, MetadataStore, Ref, Staged, Store, local_cache, open_blob_store, parse_ref
 
 HEX = "ab" * 32
 
@@ -88,7 +88,8 @@ def test_bad_database_urls_are_refused(url, message):
         MetadataStore(url, auto_upgrade=True)
 
 
-def test_local_copies_of_remote_blobs_stay_within_their_budget(tmp_path, s3_endpoint, s3_bucket):
+def test_local_copies_of_remote_blobs_stay_within_their_budget(tmp_path, s3_endpoint, s3_bucket, monkeypatch):
+    monkeypatch.setattr(local_cache, "_IN_USE_S", 0.0)  # every copy is old enough to go
     blobs = open_blob_store(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint)
     cache = LocalBlobCache(blobs, tmp_path / "cache", budget=150_000)
     staging = tmp_path / "staging"
@@ -110,4 +111,19 @@ def test_local_copies_of_remote_blobs_stay_within_their_budget(tmp_path, s3_endp
     assert sum(f.stat().st_size for f in (tmp_path / "cache").iterdir()) <= 150_000
     again = cache.path("bases", next(iter(files)), sha256=next(iter(files)))  # evicted: downloaded again
     assert again.read_bytes() == next(iter(files.values()))
+    blobs.close()
+
+
+def test_a_copy_just_handed_out_is_not_removed(tmp_path, s3_endpoint, s3_bucket):
+    blobs = open_blob_store(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint)
+    cache = LocalBlobCache(blobs, tmp_path / "cache", budget=1)
+    paths = []
+    for i in range(2):
+        staged = Staged(tmp_path)
+        staged.write(bytes([i]) * 1000)
+        digest = staged.finish()
+        blobs.put("bases", digest, staged)
+        staged.discard()
+        paths.append(cache.path("bases", digest, sha256=digest))
+    assert all(p.exists() for p in paths)  # over budget for a minute rather than pulled from under a reader
     blobs.close()
