@@ -9,6 +9,7 @@
     ├── FingerprintMismatchError            reconstructed weights do not match the bundle
     ├── ExportError (ValueError)            a delta bundle (or tensor) has no exact PEFT LoRA form
     ├── DeviceUnavailableError (RuntimeError) the device asked for is not on this machine
+    ├── RefError (ValueError)               a model reference (name, name:tag, digest) is malformed
     └── BundleError (ValueError)            a bundle file or object is unusable
         ├── BundleFormatError               not a safetensors file, truncated, bad header/JSON
         ├── UnsupportedVersionError         unknown format name or format version
@@ -42,6 +43,7 @@ __all__ = [
     "MissingTensorError",
     "ModelError",
     "NonFiniteError",
+    "RefError",
     "UnexpectedTensorError",
     "UnsupportedVersionError",
 ]
@@ -113,3 +115,7 @@ class ExportError(MCNCError, ValueError):
 
 class DeviceUnavailableError(MCNCError, RuntimeError):
     """The device a reconstruction asked for (``"cuda"``, ``"cuda:3"``) is not on this machine."""
+
+
+class RefError(MCNCError, ValueError):
+    """A model reference (``name``, ``org/name:tag``, ``sha256:<hex>``) is malformed; names the rule."""
