@@ -14,6 +14,7 @@ from client._exceptions import (
     BaseNotFoundError,
     BaseNotRegisteredError,
     BundleNotFoundError,
+    CacheFallbackWarning,
     ConflictError,
     ConnectionFailedError,
     IntegrityError,
@@ -31,6 +32,7 @@ from client._exceptions import (
     RateLimitError,
     ServerError,
     StateDictMismatchError,
+    UnsupportedMediaTypeError,
 )
 from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
 from client._sync import Client
@@ -47,6 +49,7 @@ __all__ = [
     "BaseNotFoundError",
     "BaseNotRegisteredError",
     "BundleNotFoundError",
+    "CacheFallbackWarning",
     "Client",
     "ConflictError",
     "ConnectionFailedError",
@@ -68,4 +71,5 @@ __all__ = [
     "StateDictMismatchError",
     "TagInfo",
     "TransferReport",
+    "UnsupportedMediaTypeError",
 ]
