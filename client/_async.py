@@ -257,7 +257,8 @@ class AsyncClient(BaseClient):
             OfflineError, NotFoundError and other APIError subclasses, IntegrityError,
             BaseMismatchError (``base`` is not the delta's base; names both digests, nothing written),
             StateDictMismatchError (``model`` has other keys; lists missing and unexpected),
-            ValueError (``base`` given for a full-mode bundle).
+            InvalidArgumentError (``base`` given for a full-mode bundle, an unknown ``dtype``),
+            RefError (a malformed ``ref``).
         """
         from client._local import check_given_base, given_base, reconstruct_local
 

@@ -21,6 +21,7 @@ from client._exceptions import (
     AuthenticationError,
     CacheFallbackWarning,
     IntegrityError,
+    InvalidArgumentError,
     MCNCClientError,
     NotFoundError,
     OfflineError,
@@ -201,7 +202,7 @@ class BaseClient:
     @staticmethod
     def _push_params(name: str | None, tag: str | None) -> dict[str, str]:
         if tag is not None and name is None:
-            raise ValueError("push(tag=...) needs a name= too")
+            raise InvalidArgumentError("push(tag=...) needs a name= too")
         params = {}
         if name is not None:
             params["name"] = validate_name(name)

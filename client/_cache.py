@@ -22,7 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from client._exceptions import IntegrityError
+from client._exceptions import IntegrityError, InvalidArgumentError
 from mcnc_core.refs import DEFAULT_TAG, parse_ref, validate_name, validate_tag
 
 __all__ = ["CacheEntry", "LocalCache", "sha256_file"]
@@ -64,7 +64,7 @@ class LocalCache:
 
     def blob(self, digest: str) -> Path:
         if not _DIGEST.match(digest):
-            raise ValueError(f"not a sha256 digest: {digest!r}")
+            raise InvalidArgumentError(f"not a sha256 digest: {digest!r}")
         return self.root / "blobs" / digest
 
     def has(self, digest: str) -> bool:
@@ -193,7 +193,7 @@ class LocalCache:
         found = sorted(p.name for p in blobs.glob(f"{text}*") if _DIGEST.match(p.name)) if blobs.is_dir() else []
         if len(found) > 1:
             listed = ", ".join(d[:16] for d in found)
-            raise ValueError(f"{target!r} matches {len(found)} cached blobs ({listed}): give more digits")
+            raise InvalidArgumentError(f"{target!r} matches {len(found)} cached blobs ({listed}): give more digits")
         return found[0] if found else None
 
     def remove(self, target: str) -> list[str]:

@@ -3,6 +3,7 @@
 ::
 
     MCNCClientError
+    ├── InvalidArgumentError (ValueError) an argument the client cannot use (names it and the fix)
     ├── OfflineError                 offline mode and the cache lacks what is needed
     ├── ConnectionFailedError        the server could not be reached (after retries)
     ├── IntegrityError               size, sha256 or fingerprint check failed
@@ -53,6 +54,7 @@ __all__ = [
     "ConflictError",
     "ConnectionFailedError",
     "IntegrityError",
+    "InvalidArgumentError",
     "InvalidBaseError",
     "InvalidBundleError",
     "LimitExceededError",
@@ -79,6 +81,11 @@ class MCNCClientError(Exception):
 class CacheFallbackWarning(UserWarning):
     """The server could not be reached (or failed with 5xx) and a cached copy of the ref was used,
     as ``huggingface_hub`` does; filter it with ``warnings.simplefilter("ignore", CacheFallbackWarning)``."""
+
+
+class InvalidArgumentError(MCNCClientError, ValueError):
+    """An argument the client cannot use: a dtype, a ``base`` for a full-mode bundle, an ambiguous
+    digest prefix. Malformed refs raise ``mcnc_core.RefError`` (also a ``ValueError``)."""
 
 
 class OfflineError(MCNCClientError):

@@ -50,7 +50,7 @@ def test_digest_prefixes(tmp_path):
     assert cache.match_digest("mlp") is None and cache.match_digest("0" * 7) is None
     (tmp_path / "blobs" / ("ab" * 32)).write_bytes(b"")  # two blobs sharing a prefix (names only matter)
     (tmp_path / "blobs" / ("ab" * 31 + "cd")).write_bytes(b"")
-    with pytest.raises(ValueError, match="matches 2 cached blobs"):
+    with pytest.raises(client.InvalidArgumentError, match="matches 2 cached blobs"):
         cache.match_digest("abababab")
 
 

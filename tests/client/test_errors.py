@@ -186,3 +186,11 @@ def test_415_maps_to_its_class(tmp_path):
     c = client.Client("http://t", cache_dir=tmp_path, transport=transport, retries=0, progress=False)
     with pytest.raises(client.UnsupportedMediaTypeError):
         c.push(b"x")
+
+
+def test_library_failures_are_client_errors(tmp_path, bundles):
+    c = client.Client("http://t", cache_dir=tmp_path, offline=True, progress=False)
+    digest = c.cache.put_bytes(bundles.full.to_bytes())
+    with pytest.raises(client.InvalidArgumentError, match="dtype must be one of") as info:
+        c.load(digest, dtype="float64")
+    assert isinstance(info.value, client.MCNCClientError) and isinstance(info.value, ValueError)
