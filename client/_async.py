@@ -134,7 +134,7 @@ class AsyncClient(BaseClient):
                         progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
                     ):
                         async for block in resp.aiter_bytes():
-                            f.write(block)
+                            await ablocking(f.write, block)  # async: in a thread (a slow disk never stalls the loop)
                             received += len(block)
                             bar.update(len(block))
                 finally:

@@ -130,7 +130,7 @@ class Client(BaseClient):
                         progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
                     ):
                         for block in resp.iter_bytes():
-                            f.write(block)
+                            blocking(f.write, block)  # async: in a thread (a slow disk never stalls the loop)
                             received += len(block)
                             bar.update(len(block))
                 finally:
