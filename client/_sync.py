@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Client"]
 
+_PAGE = 1000  # the server's largest page of GET /models
+
 
 class Client(BaseClient):
     """Talks to an MCNC server; reconstructs locally from tiny bundles.
@@ -167,13 +169,20 @@ class Client(BaseClient):
         return digest
 
     def _tags_of(self, ref: Ref) -> list[TagInfo]:
-        """The server's tags of ``ref``'s name, for a hint; nothing when they cannot be listed."""
+        """The server's tags of ``ref``'s name, for a hint (the first 10 pages of 1000 tags);
+        nothing when they cannot be listed."""
+        found: list[TagInfo] = []
         if ref.name is None:
-            return []
+            return found
         try:
-            return [t for t in self.list(limit=1000) if t.name == ref.name]
+            for offset in range(0, 10 * _PAGE, _PAGE):
+                page = self.list(limit=_PAGE, offset=offset)
+                found += [t for t in page if t.name == ref.name]
+                if len(page) < _PAGE:
+                    break
         except MCNCClientError:
-            return []
+            pass  # only a hint: the 404 stands without it
+        return found
 
     def _blob(self, kind: str, digest: str, report: TransferReport, *, digest_of: str) -> Path:
         if self.cache.has(digest):

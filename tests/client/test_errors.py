@@ -194,3 +194,18 @@ def test_library_failures_are_client_errors(tmp_path, bundles):
     with pytest.raises(client.InvalidArgumentError, match="dtype must be one of") as info:
         c.load(digest, dtype="float64")
     assert isinstance(info.value, client.MCNCClientError) and isinstance(info.value, ValueError)
+
+
+def test_404_hint_finds_the_tags_beyond_the_first_page(tmp_path):
+    others = [{"name": f"m{i:04d}", "tag": "latest", "digest": "sha256:" + "0" * 64} for i in range(1000)]
+    pages = {0: others, 1000: [{"name": "mlp", "tag": "v1", "digest": "sha256:" + "1" * 64}]}
+
+    def handler(request):
+        if request.url.path == "/models":
+            offset = int(request.url.params["offset"])
+            return httpx.Response(200, json={"items": pages[offset], "total": 1001, "limit": 1000, "offset": offset})
+        return envelope(404, "model_not_found")
+
+    c = client.Client("http://t", cache_dir=tmp_path, transport=httpx.MockTransport(handler), progress=False)
+    with pytest.raises(client.ModelNotFoundError, match=r"did you mean mlp:v1\?"):
+        c.load("mlp")
