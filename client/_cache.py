@@ -10,13 +10,11 @@ blob: the LRU order of ``prune`` comes from these records, not from atime, which
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,12 +93,6 @@ class LocalCache:
         """
         self._ensure()
         return FileLock(self.root / ".locks" / f"{self.blob(digest).name}.lock", thread_local=False)
-
-    @contextlib.contextmanager
-    def lock(self, digest: str) -> Iterator[None]:
-        """Hold ``file_lock(digest)`` (blocking) for the ``with`` block."""
-        with self.file_lock(digest):
-            yield
 
     def commit(self, digest: str, tmp: Path, *, digest_of: str) -> Path:
         """Move a finished download into place once its content matches ``digest``: the sha256
