@@ -62,6 +62,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mcnc_core
+import mcnc_core.manifest
 from benchmarks.baselines import NOLA, PRANC, LowRank, MagnitudePruned, quantize_model, target_weights
 from benchmarks.baselines.common import accuracy, fan_in, fit
 from benchmarks.baselines.lora import lowrank_numbers
@@ -75,6 +76,8 @@ PROBE_STEPS = 25  # --seconds: timed steps (after 5 untimed) that fix the step c
 HAS_PARAM_GROUPS = hasattr(mcnc_core, "param_groups")
 # 3-point grids, a factor ~3 apart, centred on each method's usual rate (MCNC: around the
 # library's recommended code lr, param_groups' ``lr``).
+if HAS_PARAM_GROUPS:
+    import mcnc_core.recipe
 _MCNC_LR = mcnc_core.recipe.RECOMMENDED_LR["full"][0] if HAS_PARAM_GROUPS else 0.1
 # Baselines' raw parameters (biases, BatchNorm) at the middle of their grid: the same rate MCNC's
 # recipe gives raw parameters at the middle of its grid (both scale with the method's one knob).

@@ -2,14 +2,18 @@
 
 One run (issue 2 §5):
 
-1. measures the machine: dense float32 GEMM throughput (large square ``torch.mm``, best of
-   several) and memory write bandwidth, twice: *warm* (``fill_`` into a buffer whose pages are
-   already mapped: the hardware's store bandwidth) and *fresh* (``torch.empty`` + ``fill_``: the
-   cost of writing a newly allocated output, page faults included — what ``reconstruct`` must pay
-   for every tensor it returns);
+1. measures the machine: its float32 FMA peak (``benchmarks/fma_peak.py``: a compiled
+   microkernel, one core and all cores; the peak is the larger of all cores measured and one core
+   times the core count, so a loaded host does not lower it), dense float32 GEMM throughput (large
+   square ``torch.mm``, best of several) and memory write bandwidth, twice: *warm* (``fill_``
+   into a buffer whose pages are already mapped: the hardware's store bandwidth) and *fresh*
+   (``torch.empty`` + ``fill_``: the cost of writing a newly allocated output, page faults
+   included — what ``reconstruct`` must pay for every tensor it returns);
 2. reconstructs a ~100M-parameter MCNC bundle (default config, full mode, random but real codes)
    four ways and prints params/s and the fraction of the limit
-   ``min(GEMM FLOP/s / (flops_per_chunk / chunk_size), write bandwidth / 4 bytes)`` for each:
+   ``min(GEMM FLOP/s / (flops_per_chunk / chunk_size), write bandwidth / 4 bytes)`` for each,
+   and the fraction of the FMA peak its useful FLOPs (``flops_per_chunk / chunk_size`` per
+   parameter) reach — the CPU's real limit, where the GEMM figure is only what MKL reaches:
    ``iter_reconstruct`` as a one-off call (each tensor dropped as soon as the next is asked for;
    the first outputs are new memory), ``iter_reconstruct`` with a long-lived recycler (how the
    server streams: dropped outputs of earlier requests are reused), ``reconstruct_into`` an
@@ -48,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.fma_peak import all_core_peak
 from mcnc_core import Bundle, MCNCConfig, iter_reconstruct, reconstruct, reconstruct_into
 from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.manifest import TensorEntry
@@ -179,7 +184,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pranc_coeffs = 1 << 10 if quick else 1 << 11
     batch = 1 << 22  # random numbers generated per batch by the baselines (16 MiB)
 
-    samples: dict[str, list[float]] = {k: [] for k in ("gemm", "bw_warm", "bw_fresh", *KINDS, "nola", "pranc")}
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("gemm", "bw_warm", "bw_fresh", "fma_one", "fma_all", "fma_peak", *KINDS, "nola", "pranc")
+    }
+    fma_missing: str | None = None
     # compute-only: decode every tensor into one reused, already-touched buffer (no page faults)
     from mcnc_core.decode import decode_tensor_into
     from mcnc_core.reconstruct import _generator
@@ -227,11 +235,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         samples["gemm"].append(gemm_flops(gemm_n, args.best_of))
         samples["bw_warm"].append(write_bandwidth_warm(warm_buf, args.best_of))
         samples["bw_fresh"].append(write_bandwidth_fresh(bw_numel, args.best_of))
+        fma = all_core_peak(tries=args.best_of)
+        if isinstance(fma["peak"], str):
+            fma_missing = fma["peak"]
+        else:
+            for key in ("one", "all", "peak"):
+                samples[f"fma_{key}"].append(float(fma[key]))
         for kind, fn in runs.items():
             samples[kind].append(min(_timed(fn) for _ in range(args.best_of)))
         samples["nola"].append(_timed(nola))
         samples["pranc"].append(_timed(pranc))
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    med = {k: statistics.median(v) for k, v in samples.items() if v}
 
     limit_gemm = med["gemm"] / flops_per_param
     limit_warm = med["bw_warm"] / BYTES_PER_PARAM
@@ -249,7 +263,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for k in KINDS
     }
+    # The CPU's real limit: its float32 FMA peak (all cores), against the decode's useful FLOPs.
+    fma: dict[str, Any] = {"fma_unavailable": fma_missing}
+    if fma_missing is None:
+        fma.update(
+            fma_one_core_flops=med["fma_one"],
+            fma_all_core_flops=med["fma_all"],
+            fma_peak_flops=med["fma_peak"],
+            **{f"fma_fraction_{k}": speed[k] * flops_per_param / med["fma_peak"] for k in KINDS},
+            fma_fraction_per_repeat_median={
+                k: statistics.median(
+                    P / t * flops_per_param / peak for t, peak in zip(samples[k], samples["fma_peak"], strict=True)
+                )
+                for k in KINDS
+            },
+        )
     return {
+        **fma,
         "quick": quick,
         "machine": machine(),
         "params": P,
@@ -324,6 +354,25 @@ def report(r: dict[str, Any]) -> str:
         ("write BW warm (fill_, mapped pages)", f"{r['write_bw_warm'] / 1e9:,.2f} GB/s"),
         ("write BW fresh (empty+fill_)", f"{r['write_bw_fresh'] / 1e9:,.2f} GB/s"),
         ("generator FLOPs / param", f"{r['flops_per_param']:.2f}"),
+        *(
+            [("FMA peak fp32", r["fma_unavailable"])]
+            if r["fma_unavailable"]
+            else [
+                (
+                    "FMA peak fp32 (1 core; all measured; peak)",
+                    f"{r['fma_one_core_flops'] / 1e9:,.1f}; {r['fma_all_core_flops'] / 1e9:,.1f}; "
+                    f"{r['fma_peak_flops'] / 1e9:,.1f} GFLOP/s",
+                ),
+                *(
+                    (f"{LABELS[k]} vs FMA peak", f"{r[f'fma_fraction_{k}']:.2f} of peak")
+                    for k in ("compute_only", "iter_shared", "iter")
+                ),
+                (
+                    "FMA-peak fractions within each repeat (median)",
+                    ", ".join(f"{k} {v:.2f}" for k, v in r["fma_fraction_per_repeat_median"].items()),
+                ),
+            ]
+        ),
         ("limit: GEMM term", rate(r["limit_gemm_params_per_s"])),
         ("limit: write term (warm BW / 4 B)", rate(r["limit_bw_params_per_s"])),
         ("LIMIT min(GEMM, warm BW)", rate(r["limit_params_per_s"])),

@@ -14,9 +14,11 @@ from client._exceptions import (
     BaseNotFoundError,
     BaseNotRegisteredError,
     BundleNotFoundError,
+    CacheFallbackWarning,
     ConflictError,
     ConnectionFailedError,
     IntegrityError,
+    InvalidArgumentError,
     InvalidBaseError,
     InvalidBundleError,
     LimitExceededError,
@@ -31,6 +33,7 @@ from client._exceptions import (
     RateLimitError,
     ServerError,
     StateDictMismatchError,
+    UnsupportedMediaTypeError,
 )
 from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
 from client._sync import Client
@@ -47,10 +50,12 @@ __all__ = [
     "BaseNotFoundError",
     "BaseNotRegisteredError",
     "BundleNotFoundError",
+    "CacheFallbackWarning",
     "Client",
     "ConflictError",
     "ConnectionFailedError",
     "IntegrityError",
+    "InvalidArgumentError",
     "InvalidBaseError",
     "InvalidBundleError",
     "LimitExceededError",
@@ -68,4 +73,5 @@ __all__ = [
     "StateDictMismatchError",
     "TagInfo",
     "TransferReport",
+    "UnsupportedMediaTypeError",
 ]

@@ -1,8 +1,13 @@
-"""``AsyncClient``: the asynchronous MCNC client (same methods and docstrings as ``Client``)."""
+"""``AsyncClient``: the asynchronous MCNC client, and the one implementation of the request flow.
+
+``client/_sync.py`` (``Client``) is generated from this file by ``scripts/unasync.py`` (``make
+unasync``; a test fails when it is stale), as httpcore does: the two differ only in I/O. Blocking
+work (file locks, hashing, file reads, reconstruction) goes through ``client._io``'s ``a*`` helpers,
+which run it in a worker thread here and inline in ``Client``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -10,13 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from client._base import BaseClient, Ref, digest_from_headers, error_from_response, parse_ref, retry_delay
+from client._base import BaseClient, Ref, base_bytes, bundle_bytes, parse_ref, retry_delay
 from client._config import resolve_config
-from client._exceptions import BaseNotFoundError, ConnectionFailedError, IntegrityError, RangeNotSatisfiableError
+from client._exceptions import (
+    BaseNotFoundError,
+    ConnectionFailedError,
+    MCNCClientError,
+    NotFoundError,
+    RangeNotSatisfiableError,
+    ServerError,
+)
+from client._io import ablocking, alock, asleep
 from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
 from client._progress import progress_bar
-from client._sync import _base_bytes, _bundle_bytes
-from client._transfer import Partial, bundle_base_digest, finish_download, sha256_bytes
+from client._transfer import Partial, bundle_base_digest, bundle_metadata, finish_download
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -24,6 +36,8 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 __all__ = ["AsyncClient"]
+
+_PAGE = 1000  # the server's largest page of GET /models
 
 
 class AsyncClient(BaseClient):
@@ -80,27 +94,34 @@ class AsyncClient(BaseClient):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _send(self, method: str, path: str, *, stream: bool = False, **kw: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, *, stream: bool = False, retries: int | None = None, **kw: Any
+    ) -> httpx.Response:
+        """One request with retries (``retries``, default the client's); errors become exceptions."""
         self._check_online(f"{method} {path}")
         kw["headers"] = self._headers(kw.get("headers"))
+        retries = self.config.retries if retries is None else retries
         attempt = 0
         while True:
             try:
                 resp = await self._client().send(self._client().build_request(method, path, **kw), stream=stream)
             except httpx.TransportError as exc:
-                delay = retry_delay(attempt, self.config.retries, None, None)
+                delay = retry_delay(attempt, retries, None, None)
                 if delay is None:
-                    raise ConnectionFailedError(f"cannot reach {self.base_url}: {exc}") from exc
+                    raise ConnectionFailedError(
+                        f"cannot reach {self.base_url} ({type(exc).__name__}: {exc}); is the server running? "
+                        "(set the URL with MCNC_ENDPOINT or --endpoint)"
+                    ) from exc
             else:
                 if resp.status_code < 400:
                     return resp
                 body = await resp.aread()
                 await resp.aclose()
-                err = error_from_response(resp.status_code, resp.headers, body, f"{method} {path}")
-                delay = retry_delay(attempt, self.config.retries, resp.status_code, getattr(err, "retry_after", None))
+                err = self._api_error(resp.status_code, resp.headers, body, f"{method} {path}")
+                delay = retry_delay(attempt, retries, resp.status_code, getattr(err, "retry_after", None))
                 if delay is None:
                     raise err
-            await asyncio.sleep(delay)
+            await asleep(delay)
             attempt += 1
 
     async def _fetch(self, path: str, partial: Partial, *, params: dict[str, str] | None = None, desc: str) -> int:
@@ -115,7 +136,7 @@ class AsyncClient(BaseClient):
                         progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
                     ):
                         async for block in resp.aiter_bytes():
-                            f.write(block)
+                            await ablocking(f.write, block)  # async: in a thread (a slow disk never stalls the loop)
                             received += len(block)
                             bar.update(len(block))
                 finally:
@@ -127,30 +148,59 @@ class AsyncClient(BaseClient):
             except (httpx.TransportError, httpx.StreamError) as exc:
                 if attempt == self.config.retries:
                     raise ConnectionFailedError(f"download of {path} failed: {exc}") from exc
-                await asyncio.sleep(retry_delay(attempt, self.config.retries, None, None) or 0)
+                await asleep(retry_delay(attempt, self.config.retries, None, None) or 0)
         raise ConnectionFailedError(f"download of {path} did not complete")
 
     async def _resolve(self, ref: Ref) -> str:
-        digest = self._cached_digest(ref)
-        if digest is None:
-            resp = await self._send("HEAD", f"/bundles/{ref.text}")
-            digest = digest_from_headers(resp.headers)
-            if digest is None:
-                raise IntegrityError(f"server named no digest for {ref.text!r}")
+        """The digest ``ref`` names: no request for digests (or offline); else ``GET /models/{ref}``,
+        whose error body carries the server's message. A 404 for a name lists the tags it has; a
+        server that cannot be reached (or fails with 5xx) falls back on the cached ref with a
+        ``CacheFallbackWarning``, after one try (no retries: the cache answers at once)."""
+        digest = self._local_digest(ref)
+        if digest is not None:
+            return digest
+        cached = self._cached_ref(ref)
+        try:
+            resp = await self._send("GET", self._model_path(ref), retries=0 if cached else None)
+        except (ConnectionFailedError, ServerError) as exc:
+            if cached is None:
+                raise
+            return self._fall_back(ref, cached, exc)
+        except NotFoundError as exc:
+            raise self._with_404_hint(exc, ref, await self._tags_of(ref)) from exc
+        digest = self._digest_of(resp.json(), ref)
         self._remember(ref, digest)
         return digest
+
+    async def _tags_of(self, ref: Ref) -> list[TagInfo]:
+        """The server's tags of ``ref``'s name, for a hint (the first 10 pages of 1000 tags);
+        nothing when they cannot be listed."""
+        found: list[TagInfo] = []
+        if ref.name is None:
+            return found
+        try:
+            for offset in range(0, 10 * _PAGE, _PAGE):
+                page = await self.list(limit=_PAGE, offset=offset)
+                found += [t for t in page if t.name == ref.name]
+                if len(page) < _PAGE:
+                    break
+        except MCNCClientError:
+            pass  # only a hint: the 404 stands without it
+        return found
 
     async def _blob(self, kind: str, digest: str, report: TransferReport, *, digest_of: str) -> Path:
         if self.cache.has(digest):
             report.cached.append(kind)
+            self.cache.touch(digest)
             return self.cache.blob(digest)
-        self._check_online(f"download {kind} {digest}")
-        with self.cache.lock(digest):
+        if self.config.offline:
+            raise self._offline_miss(f"the {kind} sha256:{digest}")
+        async with alock(self.cache, digest):
             if not self.cache.has(digest):
                 partial = Partial(self.cache.incomplete(digest))
                 report.bytes_received += await self._fetch(f"/{kind}s/{digest}", partial, desc=f"{kind} {digest[:12]}")
-                try:
-                    self.cache.commit(digest, partial.path, digest_of=digest_of)  # deletes it if wrong
+                try:  # hashes the file (or the base's tensors): in a thread
+                    await ablocking(self.cache.commit, digest, partial.path, digest_of=digest_of)  # deletes it if wrong
                 finally:
                     partial.discard_sidecar()
         return self.cache.blob(digest)
@@ -163,19 +213,20 @@ class AsyncClient(BaseClient):
         The bytes also go into the local cache, so loading them back downloads nothing.
         Raises ``InvalidBundleError`` (422) if the server's strict reader refuses it.
         """
-        data = _bundle_bytes(path_or_bundle)
-        resp = await self._send("POST", "/bundles", params=self._push_params(name, tag), content=data,
-                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        params = self._push_params(name, tag)
+        data = await ablocking(bundle_bytes, path_or_bundle)
+        resp = await self._send("POST", "/bundles", params=params, content=data,
+                                headers={"Content-Type": "application/octet-stream"})  # fmt: skip
         info = ModelInfo.from_json(resp.json(), created=resp.status_code == 201)
-        self.cache.put_bytes(sha256_bytes(data), data)
+        digest = await ablocking(self.cache.put_bytes, data)
         if name:
-            self.cache.write_ref(name, tag or "latest", info.digest.removeprefix("sha256:"))
+            self.cache.write_ref(name, tag or "latest", digest)
         return info
 
     async def push_base(self, path_or_state_dict: Any) -> BaseInfo:
         """Register a base model (a safetensors path or a state dict) for delta bundles."""
-        resp = await self._send("POST", "/bases", content=_base_bytes(path_or_state_dict),
-                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        data = await ablocking(base_bytes, path_or_state_dict)
+        resp = await self._send("POST", "/bases", content=data, headers={"Content-Type": "application/octet-stream"})
         return BaseInfo.from_json(resp.json())
 
     async def load(
@@ -215,7 +266,8 @@ class AsyncClient(BaseClient):
             OfflineError, NotFoundError and other APIError subclasses, IntegrityError,
             BaseMismatchError (``base`` is not the delta's base; names both digests, nothing written),
             StateDictMismatchError (``model`` has other keys; lists missing and unexpected),
-            ValueError (``base`` given for a full-mode bundle).
+            InvalidArgumentError (``base`` given for a full-mode bundle, an unknown ``dtype``),
+            RefError (a malformed ``ref``).
         """
         from client._local import check_given_base, given_base, reconstruct_local
 
@@ -223,19 +275,20 @@ class AsyncClient(BaseClient):
         start = time.perf_counter()
         report.digest = await self._resolve(parse_ref(ref))
         bundle_path = await self._blob("bundle", report.digest, report, digest_of="file")
-        base_digest = bundle_base_digest(bundle_path)
+        base_digest = await ablocking(bundle_base_digest, bundle_path)
         base_path, given = None, None
         if base is not None:  # the caller's base: checked here, never downloaded
             given = given_base(base)
-            await asyncio.to_thread(check_given_base, bundle_path, given)  # hashes the base: off the loop
+            await ablocking(check_given_base, bundle_path, given)  # hashes the base
         elif base_digest is not None:  # a base enters the cache only after its state digest checked out
             try:
                 base_path = await self._blob("base", base_digest, report, digest_of="state")
             except BaseNotFoundError as exc:
-                hint = f"{exc.message}; the server holds only the delta: pass the base you have, load(ref, base=...)"
-                raise BaseNotFoundError(exc.status, exc.code, hint, exc.request_id) from exc
+                raise exc.with_hint(
+                    "the server holds only the delta: pass the base you have, load(ref, base=...)"
+                ) from exc
         report.seconds_network = time.perf_counter() - start
-        state, report.seconds_reconstruct = await asyncio.to_thread(
+        state, report.seconds_reconstruct = await ablocking(
             reconstruct_local,
             bundle_path,
             base_path,
@@ -285,7 +338,7 @@ class AsyncClient(BaseClient):
         bundle_path = await self._blob("bundle", report.digest, report, digest_of="file")
         report.seconds_network = time.perf_counter() - start
         start = time.perf_counter()
-        report.full_weights_bytes = await asyncio.to_thread(
+        report.full_weights_bytes = await ablocking(
             export_adapter, bundle_path, Path(out_dir), dtype=dtype, base_model_name_or_path=base_model_name_or_path
         )
         report.seconds_reconstruct = time.perf_counter() - start
@@ -307,24 +360,53 @@ class AsyncClient(BaseClient):
         report.digest = await self._resolve(parse_ref(ref))
         params = {"dtype": dtype} if dtype else None
         partial = Partial(Path(f"{os.fspath(path)}.incomplete"))
-        report.bytes_received = await self._fetch(f"/models/{report.digest}/weights", partial, params=params,
-                                            desc=f"weights {report.digest[:12]}")  # fmt: skip
+        report.bytes_received = await self._fetch(
+            f"/models/{report.digest}/weights", partial, params=params, desc=f"weights {report.digest[:12]}"
+        )
         report.full_weights_bytes = partial.total or 0
         report.seconds_network = time.perf_counter() - start
         bundle_path = await self._blob("bundle", report.digest, report, digest_of="file") if verify else None
-        report.seconds_reconstruct = finish_download(partial, Path(path), bundle_path)
+        report.seconds_reconstruct = await ablocking(finish_download, partial, Path(path), bundle_path)
         self.last_report = report
         return report
 
     async def info(self, ref: str) -> ModelInfo:
-        """Metadata of a stored model: sizes, parameters, ratio, mode, base, tags, loaded tiers."""
-        return ModelInfo.from_json((await self._send("GET", f"/models/{parse_ref(ref).text}")).json())
+        """Metadata of a stored model: sizes, parameters, ratio, mode, base, tags, loaded tiers.
+
+        Raises:
+            NotFoundError (listing the tags the name has), other APIError subclasses, RefError.
+        """
+        parsed = parse_ref(ref)
+        try:
+            resp = await self._send("GET", self._model_path(parsed))
+        except NotFoundError as exc:
+            raise self._with_404_hint(exc, parsed, await self._tags_of(parsed)) from exc
+        return ModelInfo.from_json(resp.json())
+
+    async def bundle_metadata(self, ref: str) -> dict[str, str]:
+        """The bundle's ``__metadata__`` (format version, config, ``x-`` keys ...), string to string.
+
+        Downloads the bundle into the cache if it is not there (bundles are small; ``load`` then
+        needs no download); reads only its header, without torch.
+        """
+        report = TransferReport(ref)
+        digest = await self._resolve(parse_ref(ref))
+        return await ablocking(bundle_metadata, await self._blob("bundle", digest, report, digest_of="file"))
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[TagInfo]:
-        """Names and tags on the server (one page)."""
+        """Names and tags on the server (one page of at most ``limit``, at most 1000)."""
         data = (await self._send("GET", "/models", params={"limit": limit, "offset": offset})).json()
         return [TagInfo.from_json(t) for t in data["items"]]
 
-    async def delete(self, ref: str) -> None:
-        """Remove a name or name:tag from the server (admin scope); the bundle itself stays."""
-        await self._send("DELETE", f"/models/{parse_ref(ref).text}")
+    async def delete(self, ref: str, *, force: bool = False) -> None:
+        """Remove a model from the server (admin scope).
+
+        A name or ``name:tag`` removes that tag (the bundle stays, other names keep it); a digest
+        removes the bundle itself, which the server refuses (409) while names point at it unless
+        ``force``.
+        """
+        parsed = parse_ref(ref)
+        if parsed.digest is not None:
+            await self._send("DELETE", f"/bundles/{parsed.digest}", params={"force": "true"} if force else None)
+        else:
+            await self._send("DELETE", self._model_path(parsed))

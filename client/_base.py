@@ -1,45 +1,42 @@
-"""I/O-free client logic shared by ``Client`` and ``AsyncClient``: refs, requests, errors, retries."""
+"""I/O-free client logic shared by ``Client`` and ``AsyncClient``: refs, requests, errors, hints, retries.
+
+``_async.py`` holds the one implementation of the request flow; ``_sync.py`` is generated from it
+(``scripts/unasync.py``), so everything that does not wait on the network lives here, once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
-from dataclasses import dataclass
+import warnings
+from pathlib import Path
 from typing import Any
 
-from client._cache import LocalCache, check_name
+from client._cache import LocalCache
 from client._config import ClientConfig
-from client._exceptions import APIError, OfflineError, error_for
+from client._exceptions import (
+    APIError,
+    AuthenticationError,
+    CacheFallbackWarning,
+    IntegrityError,
+    InvalidArgumentError,
+    MCNCClientError,
+    NotFoundError,
+    OfflineError,
+    PermissionDeniedError,
+    error_for,
+)
+from client._models import TagInfo
+from mcnc_core.refs import Ref, parse_ref, validate_name, validate_tag
 
-__all__ = ["BaseClient", "Ref", "parse_ref", "retry_delay"]
+__all__ = ["BaseClient", "Ref", "bundle_bytes", "base_bytes", "parse_ref", "retry_delay"]
 
 _HEX64 = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 USER_AGENT = "mcnc-client/0.1"
 MAX_RETRY_AFTER = 60.0
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A parsed reference: a digest, or ``name`` with ``tag`` (``latest`` when omitted)."""
-
-    text: str
-    digest: str | None = None
-    name: str | None = None
-    tag: str = "latest"
-
-
-def parse_ref(ref: str) -> Ref:
-    """``<64 hex>``, ``sha256:<64 hex>``, ``name`` or ``name:tag`` (as Docker image references).
-
-    Raises:
-        ValueError: names or tags with characters other than letters, digits, ``. _ -``.
-    """
-    m = _HEX64.match(ref)
-    if m:
-        return Ref(ref, digest=m.group(1))
-    name, sep, tag = ref.partition(":")
-    return Ref(ref, name=check_name("name", name), tag=check_name("tag", tag) if sep else "latest")
+TOKEN_HELP = "pass a token: MCNC_TOKEN=<token>, --token <token> (token= in Python) or `mcnc login` (the token file)"
 
 
 def retry_delay(attempt: int, retries: int, status: int | None, retry_after: float | None) -> float | None:
@@ -67,7 +64,7 @@ def parse_retry_after(value: str | None) -> float | None:
 def error_from_response(status: int, headers: Any, body: bytes, request: str = "") -> APIError:
     """Build the typed exception for an error response (envelope, else ``X-Error-Code``, else status).
 
-    ``request`` (``"HEAD /bundles/x"``) stands in for the message when the body has none (HEAD).
+    ``request`` (``"GET /models/x"``) stands in for the message when the body has none.
     """
     code, message, request_id = headers.get("x-error-code") or "", "", None
     try:
@@ -80,13 +77,40 @@ def error_from_response(status: int, headers: Any, body: bytes, request: str = "
     return error_for(status, code or f"http_{status}", message, request_id, retry_after)
 
 
-def digest_from_headers(headers: Any) -> str | None:
-    """The bundle digest a response names (``X-MCNC-Bundle-Digest``, else a sha256 ``ETag``)."""
-    for value in (headers.get("x-mcnc-bundle-digest"), (headers.get("etag") or "").strip('"')):
-        m = _HEX64.match(value or "")
-        if m:
-            return m.group(1)
-    return None
+def not_found_hint(ref: Ref, tags: list[TagInfo], endpoint: str) -> str:
+    """What to try after a 404 for ``ref``: the tags its name does have, or how to list names."""
+    if ref.name is None:
+        return f"no bundle has this digest on {endpoint}"
+    have = [t.tag for t in tags if t.name == ref.name]
+    if have:
+        listed = ", ".join(f"{ref.name}:{t}" for t in have[:10])
+        return f"{ref.name} has no tag {ref.tag!r} (no tag means 'latest'); did you mean {listed}?"
+    return f"the server {endpoint} has no model named {ref.name!r}; `mcnc ls` lists the names it holds"
+
+
+def bundle_bytes(obj: Any) -> bytes:
+    """What ``push`` uploads: bytes as given, a file's bytes, or an ``mcnc_core.Bundle``'s."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).read_bytes()
+    to_bytes = getattr(obj, "to_bytes", None)
+    if to_bytes is None:
+        raise TypeError(f"push() takes a path, bytes or an mcnc_core.Bundle, got {type(obj).__name__}")
+    return bytes(to_bytes())
+
+
+def base_bytes(obj: Any) -> bytes:
+    """What ``push_base`` uploads: bytes, a safetensors file's bytes, or a state dict serialised."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).read_bytes()
+    if isinstance(obj, dict):
+        from safetensors.torch import save
+
+        return save({k: v.detach().contiguous().cpu() for k, v in obj.items()})
+    raise TypeError(f"push_base() takes a path, bytes or a state dict, got {type(obj).__name__}")
 
 
 class BaseClient:
@@ -106,31 +130,85 @@ class BaseClient:
             h["Authorization"] = f"Bearer {self.config.token}"
         return {**h, **(extra or {})}
 
-    def _check_online(self, what: str) -> None:
-        if self.config.offline:
-            raise OfflineError(f"offline mode (MCNC_OFFLINE): cannot {what}; it is not in the cache {self.cache.root}")
+    def _api_error(self, status: int, headers: Any, body: bytes, request: str) -> APIError:
+        """The typed error of a response, with a hint on how to pass a token for 401 and 403."""
+        err = error_from_response(status, headers, body, request)
+        if isinstance(err, AuthenticationError):
+            if self.config.token_source is None:
+                return err.with_hint(f"no token was sent; {TOKEN_HELP}")
+            return err.with_hint(f"the server refused the token from {self.config.token_source}; {TOKEN_HELP}")
+        if isinstance(err, PermissionDeniedError):
+            return err.with_hint(
+                f"the token from {self.config.token_source} lacks the scope (uploads need 'write', deletes "
+                "'admin'); ask the server's operator for one that has it"
+            )
+        return err
 
-    def _cached_digest(self, ref: Ref) -> str | None:
+    def _check_online(self, action: str) -> None:
+        """Refuse ``action`` (which needs the server) in offline mode, saying so."""
+        if self.config.offline:
+            raise OfflineError(
+                f"offline mode is on (offline=True, --offline or MCNC_OFFLINE=1): {action} needs the server "
+                f"{self.base_url}; turn offline mode off to do it"
+            )
+
+    def _offline_miss(self, what: str) -> OfflineError:
+        return OfflineError(
+            f"offline mode is on (offline=True, --offline or MCNC_OFFLINE=1) and {what} is not in the cache "
+            f"{self.cache.root} (`mcnc cache ls` lists what is); fetch it once online"
+        )
+
+    def _local_digest(self, ref: Ref) -> str | None:
         """Resolve without the network when possible: a digest ref, or a cached name:tag offline."""
         if ref.digest:
             return ref.digest
         if self.config.offline:
-            assert ref.name is not None
+            assert ref.name is not None and ref.tag is not None
             digest = self.cache.read_ref(ref.name, ref.tag)
             if digest is None:
-                raise OfflineError(f"offline mode: {ref.text!r} is not in the cache {self.cache.root}")
+                raise self._offline_miss(repr(str(ref)))
             return digest
         return None
 
+    def _cached_ref(self, ref: Ref) -> str | None:
+        return self.cache.read_ref(ref.name, ref.tag) if ref.name and ref.tag else None
+
+    def _fall_back(self, ref: Ref, digest: str, exc: MCNCClientError) -> str:
+        """Use the cached digest of ``ref`` after the server failed, with a ``CacheFallbackWarning``."""
+        warnings.warn(
+            f"{exc}; using the cached {ref} (sha256:{digest[:16]}), which may be out of date",
+            CacheFallbackWarning,
+            stacklevel=4,
+        )
+        return digest
+
+    @staticmethod
+    def _digest_of(data: Any, ref: Ref) -> str:
+        """The bundle digest in a ``GET /models/{ref}`` body."""
+        m = _HEX64.match(str(data.get("id") or data.get("digest") or "") if isinstance(data, dict) else "")
+        if m is None:
+            raise IntegrityError(f"the server named no digest for {str(ref)!r}")
+        return m.group(1)
+
     def _remember(self, ref: Ref, digest: str) -> None:
-        if ref.name:
+        if ref.name and ref.tag:
             self.cache.write_ref(ref.name, ref.tag, digest)
 
     @staticmethod
+    def _model_path(ref: str | Ref) -> str:
+        """``/models/<canonical ref>`` (``name:tag`` spelled out, so ``x/weights`` stays a name)."""
+        return f"/models/{parse_ref(ref) if isinstance(ref, str) else ref}"
+
+    @staticmethod
     def _push_params(name: str | None, tag: str | None) -> dict[str, str]:
+        if tag is not None and name is None:
+            raise InvalidArgumentError("push(tag=...) needs a name= too")
         params = {}
         if name is not None:
-            params["name"] = check_name("name", name)
+            params["name"] = validate_name(name)
         if tag is not None:
-            params["tag"] = check_name("tag", tag)
+            params["tag"] = validate_tag(tag)
         return params
+
+    def _with_404_hint(self, exc: NotFoundError, ref: Ref, tags: list[TagInfo]) -> APIError:
+        return exc.with_hint(not_found_hint(ref, tags, self.base_url))

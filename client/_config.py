@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ClientConfig", "env_flag", "resolve_config"]
+__all__ = ["ClientConfig", "env_flag", "mcnc_home", "resolve_config", "token_path"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 _TRUE = {"1", "true", "yes", "on"}
@@ -19,10 +19,16 @@ def env_flag(name: str) -> bool:
 
 
 def mcnc_home() -> Path:
+    """``MCNC_HOME``, else ``$XDG_CACHE_HOME/mcnc``, else ``~/.cache/mcnc``."""
     if os.environ.get("MCNC_HOME"):
         return Path(os.environ["MCNC_HOME"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mcnc"
+
+
+def token_path() -> Path:
+    """The token file ``mcnc login`` writes: ``$MCNC_HOME/token`` (``MCNC_TOKEN`` wins over it)."""
+    return mcnc_home() / "token"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class ClientConfig:
     progress: bool
     timeout: float
     retries: int
+    token_source: str | None = None  # where ``token`` came from, for 401/403 hints
 
 
 def resolve_config(
@@ -52,10 +59,12 @@ def resolve_config(
     Token: ``token=``, else ``MCNC_TOKEN``, else the file ``$MCNC_HOME/token``.
     """
     home = mcnc_home()
-    if token is None:
-        token = os.environ.get("MCNC_TOKEN") or None
-    if token is None and (home / "token").is_file():
-        token = (home / "token").read_text().strip() or None
+    source = "token=" if token is not None else None
+    if token is None and os.environ.get("MCNC_TOKEN"):
+        token, source = os.environ["MCNC_TOKEN"], "MCNC_TOKEN"
+    if token is None and token_path().is_file():
+        token = token_path().read_text().strip() or None
+        source = f"the token file {token_path()}" if token else None
     if cache_dir is None:
         cache_dir = os.environ.get("MCNC_CACHE_DIR") or home / "hub"
     if timeout is None:
@@ -70,4 +79,5 @@ def resolve_config(
         progress=progress,
         timeout=timeout,
         retries=retries,
+        token_source=source,
     )

@@ -3,6 +3,7 @@
 ::
 
     MCNCClientError
+    ├── InvalidArgumentError (ValueError) an argument the client cannot use (names it and the fix)
     ├── OfflineError                 offline mode and the cache lacks what is needed
     ├── ConnectionFailedError        the server could not be reached (after retries)
     ├── IntegrityError               size, sha256 or fingerprint check failed
@@ -25,9 +26,16 @@
         ├── ConflictError            409 conflict
         │   └── BaseMissingError     409 base_missing: server-side weights of a delta whose base it lacks
         ├── PayloadTooLargeError     413 payload_too_large
+        ├── UnsupportedMediaTypeError 415 unsupported_media_type (multipart upload: send the raw file)
         ├── RangeNotSatisfiableError 416 range_not_satisfiable
         ├── RateLimitError           429 rate_limited / busy (retry_after)
         └── ServerError              5xx
+
+    CacheFallbackWarning (UserWarning)  the server was unreachable: a cached copy was used
+
+Every exception here is also what the ``mcnc`` command reports, in one line with its exit code.
+``APIError`` messages are the server's, with a hint appended where the client knows the fix
+(``with_hint``): the tags a missing name does have, how to pass a token.
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ __all__ = [
     "BaseNotFoundError",
     "BaseNotRegisteredError",
     "BundleNotFoundError",
+    "CacheFallbackWarning",
     "ConflictError",
     "ConnectionFailedError",
     "IntegrityError",
+    "InvalidArgumentError",
     "InvalidBaseError",
     "InvalidBundleError",
     "LimitExceededError",
@@ -59,12 +69,23 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "StateDictMismatchError",
+    "UnsupportedMediaTypeError",
     "error_for",
 ]
 
 
 class MCNCClientError(Exception):
     """Root of every error the client raises on purpose."""
+
+
+class CacheFallbackWarning(UserWarning):
+    """The server could not be reached (or failed with 5xx) and a cached copy of the ref was used,
+    as ``huggingface_hub`` does; filter it with ``warnings.simplefilter("ignore", CacheFallbackWarning)``."""
+
+
+class InvalidArgumentError(MCNCClientError, ValueError):
+    """An argument the client cannot use: a dtype, a ``base`` for a full-mode bundle, an ambiguous
+    digest prefix. Malformed refs raise ``mcnc_core.RefError`` (also a ``ValueError``)."""
 
 
 class OfflineError(MCNCClientError):
@@ -114,6 +135,14 @@ class APIError(MCNCClientError):
     def __init__(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
         self.status, self.code, self.message, self.request_id = status, code, message, request_id
         super().__init__(f"{status} {code}: {message}")
+
+    def with_hint(self, hint: str) -> APIError:
+        """A copy of this error (same class, status, code, request id) whose message ends with ``hint``."""
+        new = type(self).__new__(type(self))  # no __init__: subclasses take other arguments
+        new.__dict__.update(self.__dict__)
+        new.message = f"{self.message}; {hint}" if self.message else hint
+        new.args = (f"{self.status} {self.code}: {new.message}",)
+        return new
 
 
 class BadRequestError(APIError):
@@ -176,6 +205,10 @@ class PayloadTooLargeError(APIError):
     pass
 
 
+class UnsupportedMediaTypeError(APIError):
+    pass
+
+
 class RangeNotSatisfiableError(APIError):
     pass
 
@@ -213,6 +246,7 @@ _ERROR_CODES: dict[str, type[APIError]] = {
     "conflict": ConflictError,
     "base_missing": BaseMissingError,
     "payload_too_large": PayloadTooLargeError,
+    "unsupported_media_type": UnsupportedMediaTypeError,
     "range_not_satisfiable": RangeNotSatisfiableError,
     "rate_limited": RateLimitError,
     "busy": RateLimitError,
@@ -221,7 +255,8 @@ _ERROR_CODES: dict[str, type[APIError]] = {
 # Fallback when the code is unknown (a newer server): by status.
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-    409: ConflictError, 413: PayloadTooLargeError, 416: RangeNotSatisfiableError, 422: BadRequestError,
+    409: ConflictError, 413: PayloadTooLargeError, 415: UnsupportedMediaTypeError, 416: RangeNotSatisfiableError,
+    422: BadRequestError,
     429: RateLimitError,
 }  # fmt: skip
 

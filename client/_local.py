@@ -6,7 +6,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client._exceptions import AdapterExportError, BaseMismatchError, IntegrityError, StateDictMismatchError
+from client._exceptions import (
+    AdapterExportError,
+    BaseMismatchError,
+    IntegrityError,
+    InvalidArgumentError,
+    StateDictMismatchError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,7 +37,7 @@ def _torch_dtype(dtype: Any) -> Any:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
+        raise InvalidArgumentError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
     return getattr(torch, dtype)
 
 
@@ -49,14 +55,14 @@ def check_given_base(bundle_path: Path, base: Mapping[str, Tensor]) -> None:
 
     Raises:
         BaseMismatchError: tensors missing, of another shape or dtype, or another digest (both named).
-        ValueError: the bundle is a full-mode model (it reads no base).
+        InvalidArgumentError: the bundle is a full-mode model (it reads no base).
     """
     import mcnc_core
     from mcnc_core.reconstruct import check_base
 
     bundle = mcnc_core.load_bundle(bundle_path)
     if bundle.base is None:
-        raise ValueError(f"{bundle_path.name} is a full-mode bundle: it reads no base; do not pass base=")
+        raise InvalidArgumentError(f"{bundle_path.name} is a full-mode bundle: it reads no base; do not pass base=")
     try:
         check_base(bundle, base)
     except mcnc_core.BaseMismatchError as exc:

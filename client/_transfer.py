@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -14,14 +13,10 @@ from typing import IO, Any
 
 from client._exceptions import IntegrityError
 
-__all__ = ["Partial", "bundle_base_digest", "finish_download", "sha256_bytes"]
+__all__ = ["Partial", "bundle_base_digest", "bundle_metadata", "finish_download"]
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _MAX_HEADER = 32 << 20
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class Partial:
@@ -100,7 +95,7 @@ def finish_download(partial: Partial, dest: Path, bundle_path: Path | None) -> f
     start = time.perf_counter()
     try:
         if partial.sha256:
-            from client._cache import sha256_file
+            from client._cache import sha256_file  # a whole-file hash: AsyncClient calls this in a thread
 
             got = sha256_file(partial.path)
             if got != partial.sha256:
@@ -117,16 +112,30 @@ def finish_download(partial: Partial, dest: Path, bundle_path: Path | None) -> f
     return time.perf_counter() - start
 
 
-def bundle_base_digest(path: Path) -> str | None:
-    """The base digest a cached bundle references (``None`` for full mode), read from its header
-    without torch. The strict reader validates the whole file when it is reconstructed."""
+def bundle_metadata(path: Path) -> dict[str, str]:
+    """A cached bundle's ``__metadata__`` (string to string), read from its header without torch.
+    The strict reader validates the whole file when it is reconstructed.
+
+    Raises:
+        IntegrityError: the header is over 32 MiB or not JSON with a ``__metadata__`` object.
+    """
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n > _MAX_HEADER:
             raise IntegrityError(f"{path}: header of {n} bytes is over the limit")
         try:
             meta = json.loads(f.read(n)).get("__metadata__", {})
-            base = meta.get("base")
-            return json.loads(base)["sha256"] if base else None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, AttributeError) as exc:
             raise IntegrityError(f"{path}: not a readable bundle header: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"{path}: __metadata__ is not an object")
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def bundle_base_digest(path: Path) -> str | None:
+    """The base digest a cached bundle references (``None`` for full mode), from its header."""
+    base = bundle_metadata(path).get("base")
+    try:
+        return json.loads(base)["sha256"] if base else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{path}: the base in its header is unreadable: {exc}") from exc

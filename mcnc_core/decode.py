@@ -85,7 +85,7 @@ def _padded_hidden(gen: Generator, alpha: Tensor, beta: Tensor, step: int) -> Te
 
 def _decode_block(gen: Generator, alpha: Tensor, beta: Tensor, step: int) -> Tensor:
     rows = alpha.shape[0]
-    out = _padded_hidden(gen, alpha, beta, step) @ gen.w_out_t  # (m, d)
+    out = gen.output(_padded_hidden(gen, alpha, beta, step))  # (m, d)
     return out if out.shape[0] == rows else out[:rows]
 
 
@@ -272,13 +272,11 @@ def decode_tensor_into(
         rows = min(step, alpha.shape[0] - i)
         hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
-        # The GEMM writes straight into ``out`` unless the block is the padded last one (same GEMM
-        # shape as training, keep the used part), ``out`` is not float32 or holds the base.
+        # The GEMM (exactly as training runs it) writes into ``out`` unless the block is the padded
+        # last one (same GEMM shape as training, keep the used part), ``out`` is not float32 or
+        # holds the base; then the block is copied (and cast) while it is still in cache.
         into = out.dtype == torch.float32 and hs.shape[0] == rows and hi == lo + rows * d and not aliased
-        if into:
-            w = torch.matmul(hs, gen.w_out_t, out=flat[lo:hi].view(rows, d)).view(-1)
-        else:
-            w = (hs @ gen.w_out_t).view(-1)[: hi - lo]
+        w = gen.output(hs, out=flat[lo:hi].view(rows, d)).view(-1) if into else gen.output(hs).view(-1)[: hi - lo]
         if base_flat is not None:
             w.add_(base_flat[lo:hi])
         if not into:

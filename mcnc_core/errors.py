@@ -8,6 +8,8 @@
     ├── BaseMismatchError (ValueError)      delta bundle: base missing, incomplete or wrong digest
     ├── FingerprintMismatchError            reconstructed weights do not match the bundle
     ├── ExportError (ValueError)            a delta bundle (or tensor) has no exact PEFT LoRA form
+    ├── DeviceUnavailableError (RuntimeError) the device asked for is not on this machine
+    ├── RefError (ValueError)               a model reference (name, name:tag, digest) is malformed
     └── BundleError (ValueError)            a bundle file or object is unusable
         ├── BundleFormatError               not a safetensors file, truncated, bad header/JSON
         ├── UnsupportedVersionError         unknown format name or format version
@@ -31,6 +33,7 @@ __all__ = [
     "BundleFormatError",
     "BundleLimitError",
     "ConfigError",
+    "DeviceUnavailableError",
     "DuplicateTensorError",
     "ExportError",
     "FingerprintMismatchError",
@@ -40,6 +43,7 @@ __all__ = [
     "MissingTensorError",
     "ModelError",
     "NonFiniteError",
+    "RefError",
     "UnexpectedTensorError",
     "UnsupportedVersionError",
 ]
@@ -107,3 +111,11 @@ class GeneratorMismatchError(BundleError):
 
 class ExportError(MCNCError, ValueError):
     """A bundle (or one of its tensors) has no exact PEFT LoRA form; the message names it and the fix."""
+
+
+class DeviceUnavailableError(MCNCError, RuntimeError):
+    """The device a reconstruction asked for (``"cuda"``, ``"cuda:3"``) is not on this machine."""
+
+
+class RefError(MCNCError, ValueError):
+    """A model reference (``name``, ``org/name:tag``, ``sha256:<hex>``) is malformed; names the rule."""

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mcnc_core.bundle import Bundle
 from mcnc_core.decode import decode_tensor_into
-from mcnc_core.errors import BaseMismatchError, ModelError
+from mcnc_core.errors import BaseMismatchError, ConfigError, DeviceUnavailableError, ModelError
 from mcnc_core.fingerprint import check_tensor, state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
 from mcnc_core.hostmem import OutputRecycler
@@ -94,10 +94,43 @@ def output_dtype(entry: TensorEntry, dtype: torch.dtype | None) -> torch.dtype:
 
 
 def _device(device: DeviceLike) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    """``device`` as a ``torch.device`` that exists here (CUDA with its index).
+
+    Raises:
+        ConfigError: not a device string/object torch knows.
+        DeviceUnavailableError: a CUDA device this machine does not have.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"device {device!r} is not a device torch knows (use 'cpu', 'cuda' or 'cuda:N'): {exc}"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceUnavailableError(f"device {device!r}: no CUDA device is available here; use device='cpu'")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= count:
+            raise DeviceUnavailableError(f"device {device!r}: this machine has {count} CUDA device(s)")
     return dev
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """An output dtype given as a ``torch.dtype`` or its name (``"float16"``, ``"torch.bfloat16"``).
+
+    Raises:
+        ConfigError: anything else, naming the accepted values.
+    """
+    if dtype is None or dtype in _DTYPES.values():
+        return dtype  # type: ignore[return-value]
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise ConfigError(f"dtype must be one of {sorted(_DTYPES)} (a torch.dtype or its name) or None, got {dtype!r}")
 
 
 def _allocator(dev: torch.device, recycler: OutputRecycler) -> Callable[..., Tensor]:
@@ -142,7 +175,7 @@ def iter_reconstruct(
     bundle: Bundle,
     base: Mapping[str, Tensor] | None = None,
     device: DeviceLike = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     *,
     verify: bool = False,
     verify_base: bool = True,
@@ -162,8 +195,8 @@ def iter_reconstruct(
         bundle: the bundle.
         base: delta mode: the base state dict (extra keys ignored; tensors on any device).
         device: where to reconstruct (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
-        dtype: output dtype for floating tensors (``torch.float32``/``float16``/``bfloat16``);
-            ``None`` keeps each tensor's original dtype.
+        dtype: output dtype for floating tensors (``torch.float32``/``float16``/``bfloat16``/
+            ``float64``, or its name); ``None`` keeps each tensor's original dtype.
         verify: check every tensor against the bundle's fingerprint (float32 values, before casting).
         verify_base: check the base's digest (turn off only when the caller already did).
         names: only yield these tensors (manifest order is kept); ``None`` yields all.
@@ -173,9 +206,12 @@ def iter_reconstruct(
     Raises:
         BaseMismatchError: delta bundle without a matching base.
         FingerprintMismatchError: with ``verify``, a tensor outside the fingerprint's tolerance.
+        ConfigError: an unknown ``device`` or ``dtype``.
+        DeviceUnavailableError: a CUDA device this machine does not have.
     """
     check_base(bundle, base, verify_digest=verify_base)
     dev = _device(device)
+    dtype = _dtype(dtype)
     gen = _generator(bundle.spec, dev)
     empty = _allocator(dev, recycler or OutputRecycler())
     wanted = None if names is None else set(names)
@@ -200,7 +236,7 @@ def reconstruct(
     bundle: Bundle,
     base: Mapping[str, Tensor] | None = None,
     device: DeviceLike = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     *,
     verify: bool = False,
     verify_base: bool = True,

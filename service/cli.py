@@ -79,7 +79,16 @@ def db_upgrade(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``serve`` and ``db upgrade`` to the ``mcnc`` command (entry-point group ``mcnc.commands``)."""
-    parser = subparsers.add_parser("serve", help="run the reconstruction server", description=serve.__doc__)
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the reconstruction server",
+        description="Run the MCNC server (uvicorn): bundles, server-side weights, the Hub-compatible adapter "
+        "API, OpenAPI at /docs. Settings are MCNC_* variables (docs/service.md); without API tokens it binds "
+        "to loopback only.",
+        epilog="examples:\n  mcnc serve --data-dir ./data\n"
+        '  MCNC_API_TOKENS=\'{"s3cret": ["read", "write", "admin"]}\' mcnc serve --host 0.0.0.0',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_serve_arguments(parser)
     parser.set_defaults(func=serve)
     db = subparsers.add_parser("db", help="the server's metadata database", description="Manage the server's database.")

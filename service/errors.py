@@ -16,6 +16,7 @@
     ├── ConflictError                  409 conflict
     │   └── BaseMissingError           409 base_missing: a delta's base is not registered here
     ├── PayloadTooLargeError           413 payload_too_large
+    ├── UnsupportedMediaTypeError      415 unsupported_media_type: a multipart form instead of the raw file
     ├── RangeNotSatisfiableError       416 range_not_satisfiable
     ├── InvalidBundleError             422 invalid_bundle
     ├── InvalidBaseError               422 invalid_base
@@ -75,7 +76,9 @@ __all__ = [
     "StorageUnavailableError",
     "StoreConfigError",
     "UnauthorizedError",
+    "UnsupportedMediaTypeError",
     "error_response",
+    "refuse_multipart",
     "install_error_handlers",
 ]
 
@@ -145,6 +148,10 @@ class BaseMissingError(ConflictError):
 
 class PayloadTooLargeError(ServiceError):
     status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status, code = 415, "unsupported_media_type"
 
 
 class RangeNotSatisfiableError(ServiceError):
@@ -219,6 +226,7 @@ ERROR_CODES: dict[str, int] = {
         ConflictError,
         BaseMissingError,
         PayloadTooLargeError,
+        UnsupportedMediaTypeError,
         RangeNotSatisfiableError,
         InvalidBundleError,
         InvalidBaseError,
@@ -232,6 +240,20 @@ ERROR_CODES: dict[str, int] = {
 }
 _STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found"}
 _STATUS_CODES |= {405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
+
+
+def refuse_multipart(content_type: str | None, what: str, route: str) -> None:
+    """Uploads are the raw file as the body; a multipart form (``curl -F``) would be read as a
+    corrupt file with an absurd declared size, so it is refused up front.
+
+    Raises:
+        UnsupportedMediaTypeError: naming the command that sends the raw file.
+    """
+    if (content_type or "").lower().startswith("multipart/"):
+        raise UnsupportedMediaTypeError(
+            f"multipart form uploads are not read: send the {what} itself as the body, "
+            f"e.g. curl --data-binary @file -H 'Content-Type: application/octet-stream' '<server>{route}'"
+        )
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -1,10 +1,18 @@
-"""``create_app(settings=None)``: the FastAPI application factory."""
+"""``create_app(settings=None)``: the FastAPI application factory, with ``/docs`` served offline.
+
+Swagger UI's files come from the ``swagger-ui-bundle`` package (FastAPI's self-hosting recipe),
+never from a CDN: ``/docs`` works on a machine without internet access. ``/openapi.json``
+declares the bearer scheme on every route that takes a token.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from service.config import Settings, get_settings, is_loopback
 from service.errors import ERROR_CODES, InsecureBindError, install_error_handlers
@@ -15,6 +23,9 @@ from service.routers import api_router
 from service.schemas import ErrorResponse
 
 __all__ = ["check_bind", "create_app"]
+
+DOCS_ASSETS = "/docs-assets"
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # no token, ever (docs/service.md)
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         responses=error_doc,
+        docs_url=None,  # served below from local files
+        redoc_url=None,  # ReDoc has no offline bundle here; /docs covers it
     )
     app.state.settings = settings
     app.state.tokens = settings.tokens()
@@ -62,4 +75,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` from the ``swagger-ui-bundle`` package's files, and the bearer scheme in the spec."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - docs",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = default_openapi()  # FastAPI's spec (cached in app.openapi_schema), completed here
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a token from MCNC_API_TOKENS"}
+            }
+            for path, operations in spec["paths"].items():
+                if path not in OPEN_PATHS:  # every other route checks a token when tokens are configured
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

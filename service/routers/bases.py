@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from mcnc_core.errors import MCNCError
 from mcnc_core.fingerprint import state_digest_file
 from service.deps import SettingsDep, StoreDep, require
-from service.errors import BaseNotFoundError, InvalidBaseError
+from service.errors import BaseNotFoundError, InvalidBaseError, refuse_multipart
+from service.routers._openapi import binary_body, binary_responses
 from service.routers.bundles import blob_response, receive_body
 from service.schemas import BasePublic
 from service.storage import BaseRecord, Staged, Store, parse_ref
@@ -35,16 +36,26 @@ def _store_base(store: Store, tmp: Staged) -> tuple[BaseRecord, bool]:
         tmp.discard()
 
 
-@router.post("/bases", status_code=201, response_model=BasePublic, dependencies=[Depends(require("write"))])
+@router.post(
+    "/bases",
+    status_code=201,
+    response_model=BasePublic,
+    dependencies=[Depends(require("write"))],
+    openapi_extra=binary_body("the base's tensors as a safetensors file: curl --data-binary @base.safetensors"),
+)
 async def upload_base(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     """Register a base (safetensors); addressed by the ``state_digest`` of its tensors."""
+    refuse_multipart(request.headers.get("content-type"), "safetensors file", "/bases")
     tmp = await receive_body(request, store, settings.max_upload_bytes)
     rec, created = await run_in_threadpool(_store_base, store, tmp)
     return JSONResponse(BasePublic(**vars(rec)).model_dump(), status_code=201 if created else 200)
 
 
-@router.get("/bases/{digest}", operation_id="get_base", dependencies=[Depends(require("read"))])
-@router.head("/bases/{digest}", operation_id="head_base", dependencies=[Depends(require("read"))])
+_BASE = {"response_class": Response, "responses": binary_responses("the base (safetensors)")}
+
+
+@router.get("/bases/{digest}", operation_id="get_base", dependencies=[Depends(require("read"))], **_BASE)
+@router.head("/bases/{digest}", operation_id="head_base", dependencies=[Depends(require("read"))], **_BASE)
 def get_base(digest: str, request: Request, store: StoreDep) -> Response:
     """The base file as uploaded (ETag: the file's sha256)."""
     parsed = parse_ref(digest)

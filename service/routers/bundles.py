@@ -19,8 +19,10 @@ from service.errors import (
     InvalidRequestError,
     LimitExceededError,
     PayloadTooLargeError,
+    refuse_multipart,
 )
 from service.ranges import closing_stream, validate_request
+from service.routers._openapi import binary_body, binary_responses
 from service.schemas import BundlePublic, TagPublic
 from service.storage import (
     DEFAULT_TAG,
@@ -120,7 +122,7 @@ def _store_bundle(
     status_code=201,
     response_model=BundlePublic,
     dependencies=[Depends(require("write"))],
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
+    openapi_extra=binary_body("the bundle file (.mcnc): curl --data-binary @model.mcnc"),
 )
 async def upload_bundle(
     request: Request,
@@ -130,6 +132,7 @@ async def upload_bundle(
     tag: Annotated[str | None, Query(max_length=128)] = None,
 ) -> JSONResponse:
     """Store a bundle (201 first time, 200 for bytes already stored); optionally name:tag it."""
+    refuse_multipart(request.headers.get("content-type"), "bundle file", "/bundles?name=<name>&tag=<tag>")
     if name is not None:
         validate_name(name)
     if tag is not None:
@@ -163,8 +166,11 @@ def blob_response(
     )
 
 
-@router.get("/bundles/{ref:path}", operation_id="get_bundle", dependencies=[Depends(require("read"))])
-@router.head("/bundles/{ref:path}", operation_id="head_bundle", dependencies=[Depends(require("read"))])
+_BUNDLE = {"response_class": Response, "responses": binary_responses("the bundle file")}
+
+
+@router.get("/bundles/{ref:path}", operation_id="get_bundle", dependencies=[Depends(require("read"))], **_BUNDLE)
+@router.head("/bundles/{ref:path}", operation_id="head_bundle", dependencies=[Depends(require("read"))], **_BUNDLE)
 def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
     """The raw bundle file."""
     parsed = parse_ref(ref)

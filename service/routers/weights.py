@@ -12,6 +12,7 @@ from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine, Layout
 from service.errors import BaseMissingError, ModelNotFoundError
 from service.ranges import closing_stream, validate_request
+from service.routers._openapi import binary_responses
 from service.storage import Store, parse_ref
 
 router = APIRouter(tags=["weights"])
@@ -33,8 +34,15 @@ def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout,
     return lay, parsed.digest is not None, engine.weights_digest(lay)
 
 
-@router.get("/models/{ref:path}/weights", operation_id="get_weights", dependencies=[Depends(require("read"))])
-@router.head("/models/{ref:path}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))])
+_WEIGHTS = {"response_class": Response, "responses": binary_responses("the weights (safetensors, header first)")}
+
+
+@router.get(
+    "/models/{ref:path}/weights", operation_id="get_weights", dependencies=[Depends(require("read"))], **_WEIGHTS
+)
+@router.head(
+    "/models/{ref:path}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))], **_WEIGHTS
+)
 async def get_weights(
     ref: str,
     request: Request,

@@ -1,4 +1,5 @@
-"""References (``name``, ``name:tag``, digests) and the records the stores keep about bundles, bases and tags."""
+"""References (``name``, ``name:tag``, digests; the grammar is ``mcnc_core.refs``) and the records the stores
+keep about bundles, bases and tags."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from mcnc_core import refs
+from mcnc_core.errors import RefError
+from mcnc_core.refs import DEFAULT_TAG, Ref
 from service.errors import InvalidRequestError
 
 __all__ = [
@@ -23,11 +27,6 @@ __all__ = [
 
 Kind = Literal["bundles", "bases"]
 _HEX = re.compile(r"[0-9a-f]{64}")
-_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})?")  # "name" or "org/name", as Hub repo ids
-_RESERVED_SEGMENT = "resolve"  # the Hub routes' /{repo}/resolve/{revision}/{file}
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-DEFAULT_TAG = "latest"
 
 
 def is_digest(text: str) -> bool:
@@ -35,50 +34,29 @@ def is_digest(text: str) -> bool:
     return _HEX.fullmatch(text) is not None
 
 
-@dataclass(frozen=True)
-class Ref:
-    """A parsed reference: ``digest`` set for digest refs, else ``name`` and ``tag``."""
-
-    digest: str | None = None
-    name: str | None = None
-    tag: str | None = None
-
-    def __str__(self) -> str:
-        return f"sha256:{self.digest}" if self.digest else f"{self.name}:{self.tag}"
-
-
 def validate_name(name: str, what: str = "name") -> str:
-    """Check a model name: ``name`` or ``org/name``, each part 1-128 of letters, digits and
-    ``._-`` starting with a letter or digit, and not ``resolve`` (a Hub route word); return it."""
-    if not _NAME.fullmatch(name) or _RESERVED_SEGMENT in name.split("/"):
-        raise InvalidRequestError(
-            f"invalid {what} {name!r}: use name or org/name, each part 1-128 of [A-Za-z0-9._-] starting with "
-            f"a letter/digit, and not {_RESERVED_SEGMENT!r}"
-        )
-    return name
+    """``mcnc_core.refs.validate_name`` (shared with the client), failing as 400 ``invalid_request``."""
+    try:
+        return refs.validate_name(name, what)
+    except RefError as exc:
+        raise InvalidRequestError(str(exc)) from exc
 
 
 def validate_tag(tag: str) -> str:
-    if not _TAG.fullmatch(tag):
-        raise InvalidRequestError(f"invalid tag {tag!r}: use 1-128 of [A-Za-z0-9._-], not starting with . or -")
-    return tag
+    """``mcnc_core.refs.validate_tag`` (shared with the client), failing as 400 ``invalid_request``."""
+    try:
+        return refs.validate_tag(tag)
+    except RefError as exc:
+        raise InvalidRequestError(str(exc)) from exc
 
 
 def parse_ref(ref: str) -> Ref:
-    """Parse ``<64-hex>``, ``sha256:<hex>``, ``name`` (tag ``latest``) or ``name:tag``.
-
-    Raises:
-        InvalidRequestError: anything else (path characters, bad digest, empty parts).
-    """
-    if ref.startswith("sha256:"):
-        digest = ref[7:].lower()
-        if not _HEX.fullmatch(digest):
-            raise InvalidRequestError(f"invalid digest in {ref!r}: expected sha256:<64 hex digits>")
-        return Ref(digest=digest)
-    if _HEX.fullmatch(ref.lower()) and len(ref) == 64:
-        return Ref(digest=ref.lower())
-    name, sep, tag = ref.partition(":")
-    return Ref(name=validate_name(name), tag=validate_tag(tag) if sep else DEFAULT_TAG)
+    """``mcnc_core.refs.parse_ref`` (the one grammar client and server share), failing as 400
+    ``invalid_request``."""
+    try:
+        return refs.parse_ref(ref)
+    except RefError as exc:
+        raise InvalidRequestError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

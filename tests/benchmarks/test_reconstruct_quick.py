@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from tests._scripts import run_script
@@ -33,3 +34,8 @@ def test_reconstruct_benchmark_quick(tmp_path: Path) -> None:
         "ratio_over_pranc",
     ):
         assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
+    if shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"):  # the FMA microkernel compiles
+        assert r["fma_unavailable"] is None and "of peak" in stdout
+        assert r["fma_peak_flops"] >= r["fma_all_core_flops"] > 0 and r["fma_one_core_flops"] > 0
+        for kind in ("compute_only", "iter", "iter_shared", "into", "reconstruct"):
+            assert 0 < r[f"fma_fraction_{kind}"] < 1, kind  # useful FLOPs can never beat the FMA peak

@@ -71,7 +71,7 @@ def test_full_bundle_is_not_an_adapter(live, bundles, tmp_path):
         c.push(bundles.full, name="full")
         with pytest.raises(client.AdapterExportError, match="full-mode bundle is a whole model"):
             c.download_adapter("full", tmp_path / "x")
-        with pytest.raises(ValueError, match="full-mode bundle: it reads no base"):
+        with pytest.raises(client.InvalidArgumentError, match="full-mode bundle: it reads no base"):
             c.load("full", base={})
     assert not (tmp_path / "x").exists()
 

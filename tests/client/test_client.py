@@ -55,7 +55,7 @@ def test_second_load_downloads_no_bundle(live, tmp_path, bundles):
         digest = c.last_report.digest
         c.load(f"sha256:{digest}")  # a cached digest ref: no request at all
     assert live.requests("/bundles/{ref}", "GET") == 1  # checked on the server side
-    assert live.requests("/bundles/{ref}", "HEAD") == 2  # resolving the name, twice
+    assert live.requests("/models/{ref}", "GET") == 2  # resolving the name, twice (GET: errors carry a body)
 
 
 def test_base_is_fetched_once_for_several_deltas(live, tmp_path, bundles):
@@ -211,8 +211,8 @@ def test_a_base_that_does_not_match_its_digest_never_enters_the_cache(tmp_path, 
     wrong = save({k: v + 1 for k, v in bundles.base.items()})
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "HEAD":
-            return httpx.Response(200, headers={"X-MCNC-Bundle-Digest": f"sha256:{digest}"})
+        if request.url.path == "/models/delta:latest":
+            return httpx.Response(200, json={"id": digest, "digest": f"sha256:{digest}"})
         if request.url.path == f"/bundles/{digest}":
             return httpx.Response(200, content=data, headers={"ETag": f'"{digest}"'})
         return httpx.Response(200, content=wrong, headers={"ETag": '"x"'})

@@ -192,3 +192,24 @@ def test_decode_pool_survives_fork() -> None:
     finally:
         torch.set_num_threads(previous)
     assert value == out.numpy().tobytes()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's forward_ad import
+def test_output_gemm_gradients_and_forward_mode_match_a_plain_matmul():
+    # The output layer may run through oneDNN on CPU (a custom autograd Function): its backward and
+    # forward-mode derivative must be those of hs @ W_outᵀ.
+    import torch.autograd.forward_ad as fwAD
+
+    from mcnc_core.generator import Generator, GeneratorSpec
+
+    gen = Generator(GeneratorSpec(k=4, chunk_size=300, width=16, depth=2, bound=5.0, seed=2))
+    hs = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(40, 300)
+    (gen.output(hs) * weight).sum().backward()
+    torch.testing.assert_close(hs.grad, weight @ gen.w_out_t.t(), rtol=1e-5, atol=1e-5)
+    tangent = torch.randn(40, 16)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(hs.detach(), tangent)
+        out_tangent = fwAD.unpack_dual(gen.output(dual)).tangent
+    torch.testing.assert_close(out_tangent, tangent @ gen.w_out_t, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gen.output(hs.detach()), hs.detach() @ gen.w_out_t, rtol=1e-6, atol=1e-6)

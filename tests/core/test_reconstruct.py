@@ -282,3 +282,23 @@ def test_batchnorm_model_round_trips(tiny_cfg):
     fresh = net().eval()
     _roundtrip(model, fresh, torch.randn(5, 16))
     assert int(fresh[1].num_batches_tracked) == 3
+
+
+def test_dtype_names_and_bad_devices_or_dtypes_are_typed_errors(tiny_cfg):
+    bundle = m.export_bundle(m.compress(make_mlp(), tiny_cfg))
+    by_name = m.reconstruct(bundle, dtype="float16")
+    assert all(t.dtype == torch.float16 for t in by_name.values())
+    assert torch.equal(
+        m.reconstruct(bundle, dtype="torch.bfloat16")["0.weight"],
+        m.reconstruct(bundle, dtype=torch.bfloat16)["0.weight"],
+    )
+    for bad in ("fp8", torch.int8, 16):
+        with pytest.raises(m.ConfigError, match="dtype must be one of"):
+            m.reconstruct(bundle, dtype=bad)
+    with pytest.raises(m.ConfigError, match="not a device torch knows"):
+        m.reconstruct(bundle, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(m.DeviceUnavailableError, match="no CUDA device is available here; use device='cpu'"):
+            m.reconstruct(bundle, device="cuda")
+        with pytest.raises(m.DeviceUnavailableError):
+            m.reconstruct_into(bundle, make_mlp(), device="cuda:0")
