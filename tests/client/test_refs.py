@@ -11,6 +11,7 @@ import mcnc_core
 from client import _base
 from mcnc_core.refs import Ref, parse_ref
 from service import storage
+from service.errors import InvalidRequestError
 
 HEX = "ab" * 32
 
@@ -34,7 +35,7 @@ def test_client_and_server_parse_alike(text, want):
 def test_malformed_refs_fail_in_both(text):
     with pytest.raises(mcnc_core.RefError):
         parse_ref(text)
-    with pytest.raises(storage.InvalidRequestError):
+    with pytest.raises(InvalidRequestError):
         storage.parse_ref(text)
 
 
