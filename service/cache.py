@@ -296,7 +296,7 @@ class RedisCache:
         """A writer for a new entry, after reserving its bytes (evicting LRU entries); None if it cannot fit."""
         if total > self.budget:
             return None
-        args = [key, total, self.budget, time.time(), self.prefix, self.chunk_bytes]
+        args: list[str | int | float] = [key, total, self.budget, time.time(), self.prefix, self.chunk_bytes]
         try:
             reply: Any = self._call(lambda: self._reserve(keys=[self._lru, self._sizes, self._used], args=args))
         except RedisUnavailable:
@@ -329,7 +329,7 @@ class RedisCache:
 
     def delete(self, key: str) -> None:
         """Remove an entry (or a reservation) and its bytes from the budget."""
-        args = [key, self.prefix, self.chunk_bytes]
+        args: list[str | int] = [key, self.prefix, self.chunk_bytes]
         used: Any = self._call(lambda: self._delete(keys=[self._lru, self._sizes, self._used], args=args))
         self._set_used(used)
 

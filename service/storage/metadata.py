@@ -26,7 +26,6 @@ from sqlalchemy import Connection, Engine, Row, Table, create_engine, delete, ev
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.sql.dml import Insert
 
 from service.errors import BundleNotFoundError, ConflictError, StorageUnavailableError, StoreConfigError
 from service.storage import migrate
@@ -126,9 +125,9 @@ class MetadataStore:
         except DBAPIError as exc:  # connection lost, server gone, disk full: the store is unavailable
             raise StorageUnavailableError(f"database error: {exc.orig}") from exc
 
-    def _insert(self, table: Table) -> Insert:
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
-        return dialect.insert(table)  # type: ignore[no-any-return]
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT (both have ``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
 
     def _insert_locked(self, conn: Connection, table: Table, values: dict[str, Any]) -> tuple[Row[Any], bool]:
         """Insert ``values`` unless the primary key ``digest`` exists, then lock and return the row (and
@@ -150,17 +149,17 @@ class MetadataStore:
     def get_bundle(self, digest: str) -> BundleRecord | None:
         with self._tx(write=False) as conn:
             row = conn.execute(select(bundles).where(bundles.c.digest == digest)).first()
-        return BundleRecord(*row) if row else None
+        return BundleRecord(**row._asdict()) if row else None
 
     def get_base(self, digest: str) -> BaseRecord | None:
         with self._tx(write=False) as conn:
             row = conn.execute(select(bases).where(bases.c.digest == digest)).first()
-        return BaseRecord(*row) if row else None
+        return BaseRecord(**row._asdict()) if row else None
 
     def get_tag(self, name: str, tag: str) -> TagRecord | None:
         with self._tx(write=False) as conn:
             row = conn.execute(select(tags).where(tags.c.name == name, tags.c.tag == tag)).first()
-        return TagRecord(*row) if row else None
+        return TagRecord(**row._asdict()) if row else None
 
     def resolve(self, ref: Ref) -> str | None:
         """The digest of the stored bundle ``ref`` names, or None."""
@@ -173,17 +172,20 @@ class MetadataStore:
     def tags_for(self, digest: str) -> list[TagRecord]:
         query = select(tags).where(tags.c.digest == digest).order_by(tags.c.name, tags.c.tag)
         with self._tx(write=False) as conn:
-            return [TagRecord(*r) for r in conn.execute(query)]
+            return [TagRecord(**r._asdict()) for r in conn.execute(query)]
 
     def tags_named(self, name: str) -> list[TagRecord]:
         with self._tx(write=False) as conn:
-            return [TagRecord(*r) for r in conn.execute(select(tags).where(tags.c.name == name).order_by(tags.c.tag))]
+            return [
+                TagRecord(**r._asdict())
+                for r in conn.execute(select(tags).where(tags.c.name == name).order_by(tags.c.tag))
+            ]
 
     def list_tags(self, *, limit: int, offset: int) -> tuple[list[TagRecord], int]:
         """One page of every name:tag (ordered by name, tag) and the total count, read together."""
         query = select(tags).order_by(tags.c.name, tags.c.tag).limit(limit).offset(offset)
         with self._tx(write=False) as conn:
-            page = [TagRecord(*r) for r in conn.execute(query)]
+            page = [TagRecord(**r._asdict()) for r in conn.execute(query)]
             total = conn.execute(select(func.count()).select_from(tags)).scalar_one()
         return page, int(total)
 
@@ -203,7 +205,7 @@ class MetadataStore:
             before_commit()
             if tag is not None:
                 self._set_tag(conn, tag[0], tag[1], rec.digest)
-        return BundleRecord(*row), created
+        return BundleRecord(**row._asdict()), created
 
     def _set_tag(self, conn: Connection, name: str, tag: str, digest: str) -> None:
         now = time.time()
@@ -216,13 +218,13 @@ class MetadataStore:
         with self._tx(write=True) as conn:
             row, created = self._insert_locked(conn, bases, dataclasses.asdict(rec))
             before_commit()
-        return BaseRecord(*row), created
+        return BaseRecord(**row._asdict()), created
 
     def delete_tag(self, name: str, tag: str) -> TagRecord | None:
         """Remove ``name:tag``; the removed record, or None if there was none."""
         with self._tx(write=True) as conn:
             row = conn.execute(delete(tags).where(tags.c.name == name, tags.c.tag == tag).returning(*tags.c)).first()
-        return TagRecord(*row) if row else None
+        return TagRecord(**row._asdict()) if row else None
 
     def delete_bundle(self, digest: str, *, force: bool, before_commit: Callable[[], None]) -> None:
         """Remove a bundle's tags and row; ``before_commit`` (the blob's removal) runs with the row locked.
