@@ -59,3 +59,9 @@ def test_delete_model_removes_only_the_tag(client, tiny):
     assert r.status_code == 404 and error_code(r) == "model_not_found"
     r = client.delete(f"/models/{digest}")
     assert r.status_code == 400 and error_code(r) == "invalid_request"
+
+
+def test_huge_offsets_are_a_clear_4xx(client):
+    r = client.get("/models", params={"offset": 10**30})  # was a 500 (OverflowError in SQLite): issue 11 D10
+    assert r.status_code == 422 and error_code(r) == "invalid_request"
+    assert client.get("/models", params={"offset": 2**31 - 1}).json()["items"] == []
