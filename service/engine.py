@@ -30,10 +30,11 @@ from mcnc_core.bundle import Bundle
 from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
-from service.cache import MemoryCache, RedisCache, RedisEntry, RedisUnavailable, RedisWriter
+from service.cache import MemoryCache
 from service.config import Settings
 from service.errors import BaseNotFoundError, BusyError
 from service.metrics import Metrics
+from service.redis_cache import RedisCache, RedisEntry, RedisUnavailable, RedisWriter
 from service.storage import Store
 
 __all__ = ["DTYPES", "Engine", "Layout", "resolve_device"]

@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from service.adapters import AdapterStore
-from service.cache import MemoryCache, RedisCache
+from service.cache import MemoryCache
 from service.engine import Engine
+from service.redis_cache import RedisCache
 from service.storage import Store
 
 __all__ = ["lifespan"]

@@ -14,8 +14,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.cache import RedisCache
 from service.metrics import Metrics
+from service.redis_cache import RedisCache
 from tests.service._helpers import metric
 
 pytestmark = pytest.mark.redis

@@ -1,0 +1,335 @@
+"""Tier 2: the exact bytes of full weights responses in Redis, shared by every server using it.
+
+Keys never go stale: they are the model key ``<bundle digest>:<dtype>:<profile>``, never a name.
+An entry is the response in chunks of at most 8 MiB (``<prefix>w:<key>:<i>``) plus a metadata hash
+written last (with each chunk's sha256), all with a TTL; a sorted set orders entries by last use,
+and Lua scripts keep the byte budget exact with any number of writers. Flight locks
+(``<prefix>flight:<key>``) let one server reconstruct a key for all. Any Redis failure is a logged
+warning, a metric and a miss; after one, Redis is skipped for ``RETRY_AFTER_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from redis.lock import Lock
+
+from service.metrics import Metrics
+
+__all__ = ["RedisCache", "RedisEntry", "RedisUnavailable", "RedisWriter"]
+
+log = logging.getLogger("mcnc.service.redis_cache")
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    """A Redis operation failed or an entry was incomplete or corrupt (already logged and counted)."""
+
+
+# Budget bookkeeping runs inside Redis, atomically, so any number of replicas writing at once keep
+# the byte budget and the LRU order exact: ``<prefix>used`` is the sum of ``<prefix>sizes``, and an
+# entry leaves both, the LRU set and its chunks in the same script. Chunk keys are derived from the
+# member (standalone Redis or one hash slot; Redis Cluster would need hash tags in the keys).
+_LUA_DROP = """
+local function drop(prefix, member, chunk)
+  local size = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+  redis.call('DEL', prefix .. 'w:' .. member .. ':meta')
+  for i = 0, math.ceil(size / chunk) - 1 do redis.call('DEL', prefix .. 'w:' .. member .. ':' .. i) end
+  redis.call('HDEL', KEYS[2], member)
+  redis.call('ZREM', KEYS[1], member)
+  return size
+end
+"""
+# KEYS: lru, sizes, used. ARGV: member, size, budget, now, prefix, chunk -> {reserved 0/1, evicted, used}
+_LUA_RESERVE = (
+    _LUA_DROP
+    + """
+local member, size, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, chunk = ARGV[5], tonumber(ARGV[6])
+local used = tonumber(redis.call('GET', KEYS[3]) or '0') - drop(prefix, member, chunk)
+local evicted = 0
+while used + size > budget do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
+  if #oldest == 0 then used = 0 break end  -- nothing left to evict: nothing is held
+  used = used - drop(prefix, oldest[1], chunk)
+  evicted = evicted + 1
+end
+if used + size > budget then
+  redis.call('SET', KEYS[3], used)
+  return {0, evicted, used}
+end
+redis.call('HSET', KEYS[2], member, size)
+redis.call('ZADD', KEYS[1], ARGV[4], member)  -- a reservation is evictable like any entry
+used = used + size
+redis.call('SET', KEYS[3], used)
+return {1, evicted, used}
+"""
+)
+# KEYS: lru, sizes, used. ARGV: member, prefix, chunk -> used
+_LUA_DELETE = (
+    _LUA_DROP
+    + """
+local used = tonumber(redis.call('GET', KEYS[3]) or '0') - drop(ARGV[2], ARGV[1], tonumber(ARGV[3]))
+if used < 0 then used = 0 end
+redis.call('SET', KEYS[3], used)
+return used
+"""
+)
+# KEYS: lru, sizes, meta. ARGV: member, now, ttl, then field/value pairs -> 1, or 0 when evicted meanwhile
+_LUA_COMMIT = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class RedisEntry:
+    """A complete tier-2 entry: its length, chunk size and each chunk's sha256 (checked on read)."""
+
+    total: int
+    chunk: int
+    digests: tuple[str, ...]
+
+
+class RedisCache:
+    """Tier 2 (sync client: called from worker threads, never on the event loop)."""
+
+    RETRY_AFTER_S = 2.0
+    FLIGHT_LEASE_S = 60.0  # a flight lock lives this long unless renewed (its holder may have died)
+
+    def __init__(self, url: str, *, budget: int, ttl: int, chunk_bytes: int, prefix: str, metrics: Metrics) -> None:
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+        self.budget, self.ttl, self.chunk_bytes, self.prefix = budget, ttl, chunk_bytes, prefix
+        self.metrics = metrics
+        self._down_until = 0.0
+        self._lru, self._sizes, self._used = prefix + "lru", prefix + "sizes", prefix + "used"
+        self._reserve = self.client.register_script(_LUA_RESERVE)
+        self._delete = self.client.register_script(_LUA_DELETE)
+        self._commit = self.client.register_script(_LUA_COMMIT)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mcnc-redis")
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        if time.monotonic() < self._down_until:
+            raise RedisUnavailable("redis marked down")
+        try:
+            return fn()
+        except (redis.RedisError, OSError) as exc:
+            self._down_until = time.monotonic() + self.RETRY_AFTER_S
+            self.metrics.redis_errors.inc()
+            log.warning("redis unavailable, serving without tier 2: %s", exc)
+            raise RedisUnavailable(str(exc)) from exc
+
+    def _k(self, key: str, part: str) -> str:
+        return f"{self.prefix}w:{key}:{part}"
+
+    def _set_used(self, used: Any) -> None:
+        self.metrics.cache_bytes.labels("redis").set(max(0, int(used)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call(self.client.ping))
+        except RedisUnavailable:
+            return False
+
+    def meta(self, key: str, total: int) -> RedisEntry | None:
+        """The entry if complete and of the expected length; counts a hit or a miss.
+
+        One round trip: reads the metadata and marks the entry used (``ZADD XX``) together.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self._k(key, "meta"))
+        pipe.zadd(self._lru, {key: time.time()}, xx=True)
+        try:
+            replies: Any = self._call(pipe.execute)
+        except RedisUnavailable:
+            return None
+        raw = {k.decode(): v.decode() for k, v in replies[0].items()}
+        try:
+            entry = RedisEntry(int(raw["total"]), int(raw["chunk"]), tuple(raw["digests"].split(",")))
+        except (KeyError, ValueError):
+            entry = None
+        if entry is None or entry.total != total or len(entry.digests) != -(-total // entry.chunk):
+            self.metrics.misses.labels("redis").inc()
+            return None
+        self.metrics.hits.labels("redis").inc()
+        return entry
+
+    def has(self, key: str, *, quiet: bool = True) -> bool:
+        """Whether a complete entry exists (no hit/miss accounting); a Redis failure is False, or with
+        ``quiet=False`` raises ``RedisUnavailable``."""
+        try:
+            return bool(self._call(lambda: self.client.exists(self._k(key, "meta"))))
+        except RedisUnavailable:
+            if not quiet:
+                raise
+            return False
+
+    def weights_digest(self, key: str) -> str | None:
+        """The sha256 of the whole stored response, recorded when the entry was written."""
+        try:
+            value: Any = self._call(lambda: self.client.hget(self._k(key, "meta"), "sha256"))
+        except RedisUnavailable:
+            return None
+        return value.decode() if isinstance(value, bytes) else None
+
+    def read(self, key: str, entry: RedisEntry, start: int, end: int) -> Iterator[bytes]:
+        """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone, altered, or Redis fails.
+
+        Every chunk is checked against the sha256 recorded when it was written before any of its
+        bytes leave (a corrupt entry is deleted). The next chunk is fetched while the current one
+        is being sent (one chunk of read-ahead).
+        """
+        chunk = entry.chunk
+        first, last = start // chunk, (end - 1) // chunk
+
+        def get(i: int) -> Any:
+            return self._call(lambda: self.client.get(self._k(key, str(i))))
+
+        pending: Future[Any] = self._pool.submit(get, first)
+        pos = start
+        for i in range(first, last + 1):
+            data = pending.result()
+            if i < last:
+                pending = self._pool.submit(get, i + 1)
+            if not isinstance(data, bytes) or len(data) != min(chunk, entry.total - i * chunk):
+                raise RedisUnavailable(f"chunk {i} of {key} missing or truncated")
+            if hashlib.sha256(data).hexdigest() != entry.digests[i]:
+                self.metrics.redis_errors.inc()
+                log.error("tier-2 chunk %d of %s does not match its sha256; dropping the entry", i, key)
+                with contextlib.suppress(RedisUnavailable):
+                    self.delete(key)
+                raise RedisUnavailable(f"chunk {i} of {key} is corrupt")
+            lo, hi = pos - i * chunk, min(end - i * chunk, len(data))
+            yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
+            pos += hi - lo
+
+    def writer(self, key: str, total: int) -> RedisWriter | None:
+        """A writer for a new entry, after reserving its bytes (evicting LRU entries); None if it cannot fit."""
+        if total > self.budget:
+            return None
+        args: list[str | int | float] = [key, total, self.budget, time.time(), self.prefix, self.chunk_bytes]
+        try:
+            reply: Any = self._call(lambda: self._reserve(keys=[self._lru, self._sizes, self._used], args=args))
+        except RedisUnavailable:
+            return None
+        reserved, evicted, used = (int(x) for x in reply)
+        if evicted:
+            self.metrics.evictions.labels("redis").inc(evicted)
+        self._set_used(used)
+        return RedisWriter(self, key, total) if reserved else None
+
+    def try_flight_lock(self, key: str) -> Lock | None:
+        """The cluster-wide right to reconstruct ``key`` (a Redis lock with a ``FLIGHT_LEASE_S`` lease), or
+        None while another server holds it. Release it with ``release_flight_lock``; it is not tied to
+        a thread (a request takes it, the reconstruction job releases it).
+
+        Raises:
+            RedisUnavailable: Redis failed (reconstruct without coordination).
+        """
+        lock = self.client.lock(f"{self.prefix}flight:{key}", timeout=self.FLIGHT_LEASE_S, thread_local=False)
+        return lock if self._call(lambda: lock.acquire(blocking=False)) else None
+
+    def extend_flight_lock(self, lock: Lock) -> None:
+        """Renew the lease (a long reconstruction keeps its lock); a lost lock only costs a duplicate rebuild."""
+        with contextlib.suppress(RedisUnavailable):
+            self._call(lambda: lock.reacquire())
+
+    def release_flight_lock(self, lock: Lock) -> None:
+        with contextlib.suppress(RedisUnavailable):
+            self._call(lambda: lock.release())
+
+    def delete(self, key: str) -> None:
+        """Remove an entry (or a reservation) and its bytes from the budget."""
+        args: list[str | int] = [key, self.prefix, self.chunk_bytes]
+        used: Any = self._call(lambda: self._delete(keys=[self._lru, self._sizes, self._used], args=args))
+        self._set_used(used)
+
+    def drop_digest(self, digest: str) -> None:
+        try:
+            members: Any = self._call(lambda: self.client.zrange(self._lru, 0, -1))
+            for m in members:
+                if m.decode().startswith(digest + ":"):
+                    self.delete(m.decode())
+        except RedisUnavailable:
+            pass
+
+    def loaded(self) -> list[tuple[str, int, float]]:
+        """``(model key, bytes, last use)`` of complete entries in the LRU set."""
+        try:
+            members: Any = self._call(lambda: self.client.zrange(self._lru, 0, -1, withscores=True))
+            sizes: Any = self._call(lambda: self.client.hgetall(self._sizes))
+            pipe = self.client.pipeline(transaction=False)
+            for m, _ in members:
+                pipe.exists(self._k(m.decode(), "meta"))
+            complete: Any = self._call(pipe.execute)
+        except RedisUnavailable:
+            return []
+        return [
+            (m.decode(), int(sizes.get(m, 0)), float(s)) for (m, s), ok in zip(members, complete, strict=True) if ok
+        ]
+
+
+class RedisWriter:
+    """Buffers the stream into chunks, writes each with the TTL; ``commit`` writes the metadata last."""
+
+    def __init__(self, cache: RedisCache, key: str, total: int) -> None:
+        self.cache, self.key, self.total = cache, key, total
+        self.buf = bytearray()
+        self.index = self.written = 0
+        self.digests: list[str] = []
+        self.failed = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self.failed:
+            return
+        self.buf += data
+        while len(self.buf) >= self.cache.chunk_bytes:
+            self._flush(self.cache.chunk_bytes)
+
+    def _flush(self, n: int) -> None:
+        c = self.cache
+        piece, self.buf = bytes(self.buf[:n]), self.buf[n:]
+        try:
+            c._call(lambda: c.client.set(c._k(self.key, str(self.index)), piece, ex=c.ttl))
+        except RedisUnavailable:
+            self.failed, self.buf = True, bytearray()
+            return
+        self.digests.append(hashlib.sha256(piece).hexdigest())
+        self.index += 1
+        self.written += len(piece)
+
+    def commit(self, sha256: str) -> bool:
+        """Write the metadata (the entry becomes visible); False, and the reservation is released, on failure."""
+        if self.buf and not self.failed:
+            self._flush(len(self.buf))
+        c = self.cache
+        if not self.failed and self.written == self.total:
+            fields = {"total": self.total, "chunk": c.chunk_bytes, "digests": ",".join(self.digests), "sha256": sha256}
+            args: list[Any] = [self.key, time.time(), c.ttl]
+            for k, v in fields.items():
+                args += [k, v]
+            keys = [c._lru, c._sizes, c._k(self.key, "meta")]
+            try:
+                if c._call(lambda: c._commit(keys=keys, args=args)):
+                    return True
+            except RedisUnavailable:
+                return False  # Redis is down: the reservation goes with the next eviction or delete
+        with contextlib.suppress(RedisUnavailable):  # evicted meanwhile, or a chunk failed: release it all
+            c.delete(self.key)
+        return False
