@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, entry_points, version
+from importlib.metadata import entry_points
 from typing import Any
 
 from mcnc_core.errors import FingerprintMismatchError, MCNCError  # plain classes: no torch
@@ -151,10 +151,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    try:
-        return version("mcnc")
-    except PackageNotFoundError:  # a source tree that was not installed
-        return "unknown"
+    from mcnc_core import __version__  # the one source of the version (pyproject reads it too)
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,11 @@ __all__ = ["AdapterKind", "ManifoldWeight", "add_adapter_output", "adapter_kind"
 PREFIX = "mcnc_"
 
 #: How a delta on low-rank factors enters a module's output without building the full weight:
-#: ``"linear"``: ``y += (x Bᵀ) Aᵀ`` (weight ``(out, in)``: ``nn.Linear`` and its subclasses, e.g.
-#: quantized linear layers); ``"conv1d"``: ``y += (x A) B`` (GPT-2's ``Conv1D``, weight ``(in, out)``).
+#: ``"linear"``: ``y += (x Bᵀ) Aᵀ`` (weight ``(out, in)``: ``nn.Linear`` and its subclasses);
+#: ``"conv1d"``: ``y += (x A) B`` (GPT-2's ``Conv1D``, weight ``(in, out)``). The base layer's own
+#: forward runs untouched, whatever it computes internally; but its ``weight`` must be the float
+#: ``(out, in)`` tensor the bundle's manifest and base digest describe, so layers that store a
+#: packed quantized weight (bitsandbytes' 4/8-bit) cannot be targets yet.
 AdapterKind = Literal["linear", "conv1d"]
 
 

@@ -14,6 +14,7 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+import mcnc_core
 from service.config import Settings, get_settings, is_loopback
 from service.errors import ERROR_CODES, InsecureBindError, install_error_handlers
 from service.lifespan import lifespan
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     app = FastAPI(
         title="MCNC reconstruction service",
-        version="0.1.0",
+        version=mcnc_core.__version__,
         lifespan=lifespan,
         responses=error_doc,
         docs_url=None,  # served below from local files
