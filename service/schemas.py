@@ -45,6 +45,8 @@ class BundlePublic(BaseModel):
     mode: str
     base: str | None
     created_at: float
+    # The bundle's ``x-`` metadata (free-form strings); null for bundles stored before mcnc 0.2.
+    metadata: dict[str, str] | None = None
     tags: list[TagPublic] = []
 
 

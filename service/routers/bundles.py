@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 from collections.abc import Callable
 from typing import Annotated
@@ -51,6 +53,7 @@ def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
         mode=rec.mode,
         base=rec.base_sha256,
         created_at=rec.created_at,
+        metadata=rec.metadata,
         tags=[TagPublic(**vars(t)) for t in store.meta.tags_for(rec.digest)],
     )
 
@@ -109,6 +112,7 @@ def _store_bundle(
                 base_sha256=bundle.base.sha256 if bundle.base else None,
                 base_name=bundle.base.name if bundle.base else None,
                 created_at=time.time(),
+                metadata_json=json.dumps(bundle.metadata, sort_keys=True),
             )
         # Also for stored bytes: the store re-checks the blob inside the transaction, so an upload
         # racing a delete of the same digest ends with both row and blob (or neither).

@@ -3,6 +3,7 @@ keep about bundles, bases and tags."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -70,6 +71,12 @@ class BundleRecord:
     base_sha256: str | None
     base_name: str | None
     created_at: float
+    metadata_json: str | None = None  # the bundle's ``x-`` keys as JSON; None: stored before 0.2
+
+    @property
+    def metadata(self) -> dict[str, str] | None:
+        """The bundle's ``x-`` metadata, or ``None`` when its row predates migration 0002."""
+        return None if self.metadata_json is None else json.loads(self.metadata_json)
 
 
 @dataclass(frozen=True)

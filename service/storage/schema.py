@@ -25,6 +25,8 @@ bundles = Table(
     Column("base_sha256", String(64)),
     Column("base_name", Text),
     Column("created_at", Float, nullable=False),
+    # The bundle's ``x-`` metadata as a JSON object; NULL for rows stored before migration 0002.
+    Column("metadata_json", Text),
 )
 
 bases = Table(

@@ -208,3 +208,12 @@ def test_delete_bundle_refused_while_named_unless_forced(client, tiny, settings)
     # and it can come back
     assert client.post("/bundles", content=tiny.data).status_code == 201
     assert client.delete(f"/bundles/{digest}").status_code == 204
+
+
+def test_bundle_json_shows_the_x_metadata(client):
+    # The golden bundle carries {"x-purpose": "golden test vector"} (issue 12: the server showed none).
+    data = (Path(__file__).parents[1] / "data" / "golden_full_v2.mcnc").read_bytes()
+    r = client.post("/bundles", params={"name": "golden", "tag": "v2"}, content=data)
+    assert r.status_code == 201, r.text
+    assert r.json()["metadata"] == {"x-purpose": "golden test vector"}
+    assert client.get("/models/golden:v2").json()["metadata"] == {"x-purpose": "golden test vector"}
