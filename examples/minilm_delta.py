@@ -81,6 +81,13 @@ def load_vader() -> tuple[list[str], list[int]]:
     return words, labels
 
 
+def split(n: int) -> tuple[Tensor, Tensor]:
+    """The fixed 80/20 split of ``n`` lexicon entries (seed ``DATA_SEED``): ``(train, test)`` indices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(DATA_SEED))
+    n_test = n // 5
+    return perm[n_test:], perm[:n_test]
+
+
 class Classifier(nn.Module):
     """MiniLM encoder, mean pooling over real tokens, linear head."""
 
@@ -140,14 +147,31 @@ def batches(tok, words: list[str], labels: list[int], idx: Tensor, bs: int, max_
         yield enc["input_ids"], enc["attention_mask"], torch.tensor([labels[t] for t in j])
 
 
-def train(model: nn.Module, tok, data, *, lrs: dict[str, float], steps: int, bs: int, max_len: int, seed: int):
-    """Adam (head lr and body lr), linear warm-up 10 % then cosine decay; returns seconds."""
+def train(
+    model: nn.Module,
+    tok,
+    data,
+    *,
+    lrs: dict[str, float] | None = None,
+    steps: int,
+    bs: int,
+    max_len: int,
+    seed: int,
+    param_groups: list[dict] | None = None,
+):
+    """Adam (head lr and body lr), linear warm-up 10 % then cosine decay; returns seconds.
+
+    ``param_groups`` (e.g. ``mcnc_core.param_groups(model, ...)``) replaces the head/body split of ``lrs``.
+    """
     words, labels, tr, _ = data
-    groups: dict[str, list[nn.Parameter]] = {"head": [], "body": []}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups["head" if name.startswith("head.") else "body"].append(p)
-    opt = torch.optim.Adam([{"params": v, "lr": lrs[k]} for k, v in groups.items() if v])
+    if param_groups is None:
+        assert lrs is not None
+        groups: dict[str, list[nn.Parameter]] = {"head": [], "body": []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups["head" if name.startswith("head.") else "body"].append(p)
+        param_groups = [{"params": v, "lr": lrs[k]} for k, v in groups.items() if v]
+    opt = torch.optim.Adam(param_groups)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm)))
@@ -211,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     tok = BertTokenizerFast.from_pretrained(str(model_dir()), local_files_only=True)
     words, labels = load_vader()
-    perm = torch.randperm(len(words), generator=torch.Generator().manual_seed(DATA_SEED))
-    n_test = len(words) // 5
-    data = (words, labels, perm[n_test:], perm[:n_test])
+    train_idx, test_idx = split(len(words))
+    n_test = len(test_idx)
+    data = (words, labels, train_idx, test_idx)
     print(
         f"task: VADER lexicon polarity, {len(words)} entries ({sum(labels)} positive), "
         f"{len(words) - n_test} train / {n_test} test; steps={steps} batch={a.batch} max_len={a.max_len} "
