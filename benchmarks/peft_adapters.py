@@ -43,7 +43,7 @@ Three parts (issue 10, item 5), each a sub-command:
 
 Usage::
 
-    python benchmarks/peft_adapters.py accuracy --budgets 5k 41k --steps 150
+    python benchmarks/peft_adapters.py accuracy --budgets 5k 41k --steps 200
     python benchmarks/peft_adapters.py report            # tables from docs/peft-runs/*.json
     python benchmarks/peft_adapters.py cost
     python benchmarks/peft_adapters.py bytes
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     pa = sub.add_parser("accuracy")
     pa.add_argument("--budgets", nargs="+", default=["5k", "41k"], choices=list(BUDGETS))
     pa.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS))
-    pa.add_argument("--steps", type=int, default=150)
+    pa.add_argument("--steps", type=int, default=200)
     pa.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     pa.add_argument("--out", default=str(RUNS_DIR))
     pa.add_argument("--limit", type=int, default=None, help="evaluate on the first N words only")
