@@ -546,10 +546,16 @@ def format_table(results: list[dict]) -> str:
         time_s = "" if method.startswith("int") else f"{secs:.1f} ({steps_s})"
         lines.append(
             f"| {task} | {setting} | {label} | {method} | {r0['numbers']} | {r0['stored_bytes']} | "
-            f"{100 * r0['stored_bytes'] / r0['dense_bytes']:.1f} | {m:.1f} ± {sd:.1f}{flag} | {loss} | "
+            f"{100 * r0['stored_bytes'] / r0['dense_bytes']:.1f} | {_pm(m, sd, len(rs))}{flag} | {loss} | "
             f"{tuning} | {time_s} | {_mem(r0)} | {note} |"
         )
     return "\n".join(lines)
+
+
+def _pm(m: float, sd: float, n: int) -> str:
+    if n == 1:
+        return f"{m:.1f} (1 seed)"
+    return f"{m:.1f} ± {sd:.1f}" + (f" ({n} seeds)" if n == 2 else "")
 
 
 def _task_order(task: str) -> int:
@@ -605,7 +611,11 @@ def targets_table(results: list[dict]) -> str:
             ok = pr is not None and no is not None and mc >= pr - 2 and mc >= no + 4
             missing = pr is None or no is None
         met = "not measured" if missing else ("yes" if ok else "**no**")
-        fmt = {m: ("-" if x is None else f"{x:.1f}") for m, x in v.items()}
+        n = {m: len(g.get((task, setting, frac, m), [])) for m in v}
+        fmt = {
+            m: ("-" if x is None else f"{x:.1f}" + (f" ({n[m]} seed{'s' * (n[m] > 1)})" if n[m] < 3 else ""))
+            for m, x in v.items()
+        }
         lines.append(
             f"| {task} | {setting} | {100 * frac:g} % | {fmt['MCNC-oc']} | {fmt['MCNC-r0']} | {fmt['PRANC']} | "
             f"{fmt['NOLA']} | {target} | {met} |"
@@ -629,6 +639,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.2 * rows + 0.8), squeeze=False)
     handles: dict[str, object] = {}
     for ax, (task, setting) in zip(axes.flat, panels, strict=False):
+        seen: list[float] = []
         for method in methods:
             pts = sorted(
                 ((k[2] or 0.0), rs)
@@ -639,6 +650,7 @@ def plot(results: list[dict], path: Path) -> None:
                 continue
             xs = [statistics.fmean(r["stored_bytes"] for r in rs) for _, rs in pts]
             ms = [mean_std([100 * r["acc"] for r in rs]) for _, rs in pts]
+            seen += xs
             if method == "dense":
                 handles[method] = ax.axhline(ms[0][0], color="k", ls="--", lw=1, label="dense float32")
                 continue
@@ -647,6 +659,8 @@ def plot(results: list[dict], path: Path) -> None:
                 xs, [m for m, _ in ms], yerr=[s for _, s in ms], fmt=style, capsize=3, color=colors[method]
             )
         ax.set_xscale("log")
+        if seen and max(seen) < 3 * min(seen):  # one budget: leave room either side
+            ax.set_xlim(min(seen) / 2, max(seen) * 2)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("stored bytes (weights + raw biases/BN)")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
