@@ -255,16 +255,14 @@ def decode_tensor_into(
     numel = out.numel()
     flat = out.view(-1)
     base_flat = None
-    aliased = False
     if base is not None:
         # Training adds ``base.to(float32)``: a float64 base is rounded first; float16/bfloat16
         # upcast exactly inside the add, no copy needed.
         base_flat = (base if base.dtype in _EXACT_IN_FLOAT32 else base.to(torch.float32)).reshape(-1)
         overlap = _overlap(base_flat, flat)
-        # ``out`` is the base itself (a delta applied in place): each block reads its own slice of
-        # the base before writing it, so blocks are decoded aside and copied in. Any other overlap
-        # would let one block overwrite base values another still reads: copy the base first.
-        aliased = overlap == "same"
+        # ``out`` may be the base itself (a delta applied in place, ``"same"``): every slice reads its
+        # own range of the base before writing that range. Any other overlap would let one block
+        # overwrite base values another still reads: copy the base first.
         if overlap == "partial":
             base_flat = base_flat.clone()
 
@@ -272,15 +270,17 @@ def decode_tensor_into(
         rows = min(step, alpha.shape[0] - i)
         hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
-        # The GEMM (exactly as training runs it) writes into ``out`` unless the block is the padded
-        # last one (same GEMM shape as training, keep the used part), ``out`` is not float32 or
-        # holds the base; then the block is copied (and cast) while it is still in cache.
-        into = out.dtype == torch.float32 and hs.shape[0] == rows and hi == lo + rows * d and not aliased
-        w = gen.output(hs, out=flat[lo:hi].view(rows, d)).view(-1) if into else gen.output(hs).view(-1)[: hi - lo]
-        if base_flat is not None:
-            w.add_(base_flat[lo:hi])
-        if not into:
-            flat[lo:hi].copy_(w)
+        # The GEMM runs exactly as in training; each of its slices gets the base added and is
+        # copied (and cast) into ``out`` while it is still in cache. The padded last block's extra
+        # rows are dropped. A base aliasing ``out`` is read, slice by slice, before it is written.
+        for r0, part in gen.output_slices(hs):
+            a, b = lo + r0 * d, min(hi, lo + (r0 + part.shape[0]) * d)
+            if a >= b:
+                break
+            w = part.view(-1)[: b - a]
+            if base_flat is not None:
+                w.add_(base_flat[a:b])
+            flat[a:b].copy_(w)
 
     starts = range(0, alpha.shape[0], step)
     workers = torch.get_num_threads()

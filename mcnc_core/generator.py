@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -353,28 +353,26 @@ class Generator(nn.Module):
         sq_norm = (x @ self.gram).mul_(x).sum(dim=1)
         return x.mul_(beta.mul(sq_norm.clamp_min_(_TINY).rsqrt_())[:, None])
 
-    def output(self, hs: Tensor, out: Tensor | None = None) -> Tensor:
-        """The output layer, ``hs @ W_outᵀ``: ``(m, width) -> (m, chunk_size)`` float32.
+    def output_slices(self, hs: Tensor) -> Iterator[tuple[int, Tensor]]:
+        """The output layer, ``hs @ W_outᵀ``, as ``(first_row, (s, chunk_size) float32)`` slices.
 
         The one place the decode's big GEMM runs, for training and reconstruction alike (which is
-        what keeps them bit-identical on one device): oneDNN on CPU where torch has it, matmul
-        elsewhere. Reconstruction uses true float32 products (``reconstruct`` disables TF32).
-        ``out`` (no autograd): a contiguous ``(m, chunk_size)`` float32 tensor to write into.
+        what keeps them bit-identical on one device). On CPU where torch has oneDNN: its float32
+        GEMM on slices of ~1 MiB of output, each small enough to stay in cache (and below malloc's
+        mmap threshold: no page faults) until the caller has used it; elsewhere one matmul.
+        Reconstruction uses true float32 products (``reconstruct`` disables TF32).
         """
         if hs.device.type == "cpu" and _ONEDNN_LINEAR and hs.dtype == torch.float32:
-            # oneDNN has no ``out=``: it returns a fresh tensor. Slices of ~1 MiB keep that tensor
-            # in cache (and below malloc's mmap threshold, so no page faults) until it is copied
-            # out: 160-180 vs 70-90 GFLOP/s for whole 8 MiB blocks (one core, width 64, d 1024).
-            # Training and reconstruction cut the same slices, so they compute the same bits.
             step = max(16, (_SLICE_ELEMS // self.spec.chunk_size) // 16 * 16)
-            starts = range(0, hs.shape[0], step)
-            if out is None:  # training: autograd through every slice
-                parts = [_OutputGemm.apply(hs[i : i + step], self.w_out) for i in starts]
-                return parts[0] if len(parts) == 1 else torch.cat(parts)
-            for i in starts:  # each slice copied out while it is in cache, then freed
-                out[i : i + step].copy_(_OutputGemm.apply(hs[i : i + step], self.w_out))
-            return out
-        return hs @ self.w_out_t if out is None else torch.matmul(hs, self.w_out_t, out=out)
+            for i in range(0, hs.shape[0], step):
+                yield i, _OutputGemm.apply(hs[i : i + step], self.w_out)
+        else:
+            yield 0, hs @ self.w_out_t
+
+    def output(self, hs: Tensor) -> Tensor:
+        """``hs @ W_outᵀ``: ``(m, width) -> (m, chunk_size)`` float32, differentiable (``output_slices``)."""
+        parts = [part for _, part in self.output_slices(hs)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def decode(self, alpha: Tensor, beta: Tensor) -> Tensor:
         """``beta * phi(alpha)`` for every chunk: ``(n, k), (n,) -> (n, chunk_size)`` float32."""
