@@ -40,6 +40,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mcnc_core
+from benchmarks.baselines.common import fit
 from mcnc_core.manifest import factor_shapes
 
 DATA_SEED = 42
@@ -168,19 +169,8 @@ def run_one(s: Setting, seed: int, x: Tensor, y: Tensor, xe: Tensor, ye: Tensor,
             groups = mcnc_core.param_groups(model, lr=s.lr, scale_lr=s.scale_lr, raw_lr=s.raw_lr)
     else:
         groups = [{"params": list(model.parameters()), "lr": s.lr}]
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (128,), generator=g)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    seconds = time.perf_counter() - t0
+    # The accuracy benchmark's loop: Adam (each group at its own rate), cosine to 0, batches of 128.
+    seconds = fit(model, x, y, lr=s.lr, steps=steps, seed=seed, batch=128, params=groups)["seconds"]
     model.eval()
     with torch.no_grad():
         acc = float((model(xe).argmax(1) == ye).float().mean())

@@ -236,11 +236,11 @@ def decode_tensor_into(
 ) -> Tensor:
     """Decode one tensor into ``out`` (same numbers as ``decode_tensor`` on the same device).
 
-    Full-rank tensors are decoded block by block, in parallel on CPU: a float32 ``out`` is
-    written straight by each block's final GEMM (each weight written once, the working set one
-    block); for other dtypes a block is decoded in float32 and cast into ``out`` while it is
-    still in cache. A delta's base is added per block in float32 (``w + base`` is ``base + w``
-    bit for bit: IEEE addition commutes). Low rank decodes in float32 first and combines.
+    Full-rank tensors are decoded block by block, in parallel on CPU; each block's output GEMM
+    comes in slices (``Generator.output_slices``) that are copied, and cast when ``out`` is not
+    float32, into ``out`` while still in cache (the working set is one block). A delta's base is
+    added per slice in float32 (``w + base`` is ``base + w`` bit for bit: IEEE addition commutes).
+    Low rank decodes in float32 first and combines.
 
     Args:
         out: contiguous tensor of ``shape`` (any floating dtype) on ``alpha``'s device.
