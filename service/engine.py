@@ -26,6 +26,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 import mcnc_core
+from mcnc_core.backend import backend_for
 from mcnc_core.bundle import Bundle
 from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.reconstruct import iter_reconstruct, output_dtype
@@ -216,12 +217,15 @@ class Engine:
         self._sem = threading.BoundedSemaphore(settings.max_concurrent_reconstructions)
         self.memory_budget = ByteBudget(settings.resolved_reconstruction_memory())
         self._verify_locks: dict[str, threading.Lock] = {}
-        # One recycler for all reconstructions: a request reuses the memory of tensors that earlier
+        # CPU: one recycler for all reconstructions: a request reuses the memory of tensors that earlier
         # ones dropped (three per stream: the one sent, the one being built, a cast's scratch).
-        self._recycler: OutputRecycler | None = None
+        # CUDA: tensors reach host memory through pinned buffers on a copy stream, overlapped with
+        # the next decode; tiers 1 and 2 then hold host bytes, so a stream never waits on the GPU.
+        recycler = None
         if self.device.type == "cpu" and settings.recycle_bytes > 0:
             keep = 3 * settings.max_concurrent_reconstructions
-            self._recycler = OutputRecycler(keep=keep, max_bytes=settings.recycle_bytes)
+            recycler = OutputRecycler(keep=keep, max_bytes=settings.recycle_bytes)
+        self.backend = backend_for(self.device, recycler=recycler)
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._bundles: OrderedDict[str, Bundle] = OrderedDict()
@@ -542,7 +546,7 @@ class Engine:
             t0 = time.perf_counter()
             wanted = None if names is None else set(names)
             sizes = [e.numel * WORKING_SET_PER_PARAM for e in bundle.manifest if wanted is None or e.name in wanted]
-            tensors = iter_reconstruct(
+            decoded = iter_reconstruct(
                 bundle,
                 base,
                 self.device,
@@ -550,8 +554,9 @@ class Engine:
                 verify=verify,
                 verify_base=False,
                 names=names,
-                recycler=self._recycler,
+                backend=self.backend,
             )
+            tensors = self.backend.to_host(decoded)
             timeout = self.settings.load_timeout
             try:
                 for need in sizes:
@@ -569,6 +574,7 @@ class Engine:
                     yield item
             finally:
                 tensors.close()  # type: ignore[attr-defined]
+                decoded.close()  # type: ignore[attr-defined]
             self.metrics.reconstruction_seconds.labels(kind).observe(time.perf_counter() - t0)
         finally:
             if base is not None:
