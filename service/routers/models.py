@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine
 from service.errors import InvalidRequestError, ModelNotFoundError
+from service.routers._openapi import RefPath
 from service.routers.bundles import bundle_public
 from service.schemas import LoadedModel, LoadedModels, ModelPublic, ModelsPublic, TagPublic
 from service.storage import Store, parse_ref
@@ -48,7 +49,7 @@ async def list_models(
 
 
 @router.get("/models/{ref:path}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
-def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
+def get_model(ref: RefPath, store: StoreDep, engine: EngineDep) -> ModelPublic:
     """Metadata of the bundle ``ref`` resolves to."""
     digest = store.meta.resolve(parse_ref(ref))
     rec = store.meta.get_bundle(digest) if digest else None
@@ -59,7 +60,7 @@ def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
 
 
 @router.delete("/models/{ref:path}", dependencies=[Depends(require("admin"))])
-def delete_model(ref: str, store: StoreDep) -> dict[str, str]:
+def delete_model(ref: RefPath, store: StoreDep) -> dict[str, str]:
     """Remove a name:tag (the bundle stays; delete it with ``DELETE /bundles/{id}``)."""
     parsed = parse_ref(ref)
     if parsed.digest is not None:
