@@ -44,7 +44,12 @@ router = APIRouter(tags=["bundles"])
 _BUFFER = 1 << 20
 
 
+TAGS_IN_RECORD = 100  # a bundle's record lists this many of its tags; GET /models?digest= pages through all
+
+
 def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
+    """The JSON record of ``rec``, with its first ``TAGS_IN_RECORD`` tags and their total count."""
+    page, total = store.meta.list_tags(limit=TAGS_IN_RECORD, offset=0, digest=rec.digest)
     return BundlePublic(
         id=rec.digest,
         digest=f"sha256:{rec.digest}",
@@ -57,7 +62,9 @@ def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
         base=rec.base_sha256,
         created_at=rec.created_at,
         metadata=rec.metadata,
-        tags=[TagPublic(**vars(t)) for t in store.meta.tags_for(rec.digest)],
+        tags=[TagPublic(**vars(t)) for t in page],
+        tag_count=total,
+        tags_truncated=total > len(page),
     )
 
 

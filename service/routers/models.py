@@ -11,7 +11,7 @@ from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine
 from service.errors import InvalidRequestError, ModelNotFoundError
 from service.routers._openapi import RefPath
-from service.routers.bundles import bundle_public
+from service.routers.bundles import TAGS_IN_RECORD, bundle_public
 from service.schemas import LoadedModel, LoadedModels, ModelPublic, ModelsPublic, TagPublic
 from service.storage import Store, parse_ref
 
@@ -28,7 +28,7 @@ def _loaded(store: Store, engine: Engine) -> list[LoadedModel]:
     for key, tier, nbytes, last in sorted(rows, key=lambda r: -r[3]):
         digest, _, rest = key.partition(":")
         dtype = rest.partition(":")[0]
-        tags = [f"{t.name}:{t.tag}" for t in store.meta.tags_for(digest)]
+        tags = [f"{t.name}:{t.tag}" for t in store.meta.tags_for(digest, limit=TAGS_IN_RECORD)]
         out.append(LoadedModel(digest=digest, dtype=dtype, key=key, tier=tier, bytes=nbytes, last_used=last, tags=tags))
     return out
 
@@ -40,11 +40,19 @@ async def list_models(
     loaded: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # SQLite's OFFSET is a 64-bit int; keep far inside
+    digest: Annotated[
+        str | None, Query(description="only the names:tags pointing at this bundle id", max_length=71)
+    ] = None,
 ) -> ModelsPublic | LoadedModels:
-    """Names and tags with their digests (paginated), or with ``loaded=true`` what each tier holds."""
+    """Names and tags with their digests (paginated, optionally of one bundle), or what each tier holds."""
     if loaded:
         return LoadedModels(items=await run_in_threadpool(_loaded, store, engine))
-    tags, total = await run_in_threadpool(store.meta.list_tags, limit=limit, offset=offset)
+    if digest is not None:
+        parsed = parse_ref(digest)
+        if parsed.digest is None:
+            raise InvalidRequestError(f"digest={digest!r}: expected a bundle id (64 hex digits or sha256:<hex>)")
+        digest = parsed.digest
+    tags, total = await run_in_threadpool(store.meta.list_tags, limit=limit, offset=offset, digest=digest)
     return ModelsPublic(items=[TagPublic(**vars(t)) for t in tags], total=total, limit=limit, offset=offset)
 
 

@@ -263,3 +263,62 @@ def test_allow_insecure_logs_a_warning_when_it_permits_the_bind(tmp_path, caplog
         create_app(Settings(data_dir=tmp_path, allow_insecure=True))  # loopback: nothing to warn about
         create_app(Settings(data_dir=tmp_path, host="0.0.0.0", api_tokens='{"t": ["read"]}', allow_insecure=True))
     assert not [r for r in caplog.records if "INSECURE" in r.getMessage()]
+
+
+# D9: a bundle's tags are paginated -------------------------------------------------------------------
+
+
+def _add_tags(client: TestClient, digest: str, n: int) -> None:
+    from service.storage.schema import tags
+
+    with client.app.state.store.meta.engine.begin() as conn:  # type: ignore[attr-defined]
+        rows = [{"name": f"n{i:04d}", "tag": "t", "digest": digest, "updated_at": 0.0} for i in range(n)]
+        conn.execute(tags.insert(), rows)
+
+
+def test_a_bundle_record_lists_its_first_tags_and_pages_through_the_rest(client, tiny):
+    from sqlalchemy import event
+
+    digest = client.post("/bundles", params={"name": "m"}, content=tiny.data).json()["id"]
+    _add_tags(client, digest, 250)
+    statements: list[str] = []
+    engine = client.app.state.store.meta.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731  (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for record in (client.get("/models/m").json(), client.post("/bundles", content=tiny.data).json()):
+            assert len(record["tags"]) == 100 and record["tag_count"] == 251 and record["tags_truncated"] is True
+            assert record["tags"][0]["name"] == "m" and record["tags"][-1]["name"] == "n0098"
+        names = []
+        for offset in range(0, 300, 100):
+            page = client.get("/models", params={"digest": f"sha256:{digest}", "offset": offset, "limit": 100}).json()
+            assert page["total"] == 251 and page["offset"] == offset
+            names += [t["name"] for t in page["items"]]
+        assert names == ["m"] + [f"n{i:04d}" for i in range(250)]
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    tag_reads = [s for s in statements if "FROM tags" in s and "WHERE tags.digest" in s and "count(" not in s.lower()]
+    assert tag_reads and all("LIMIT" in s for s in tag_reads), tag_reads  # never every tag at once
+    small = client.post("/bundles", content=tiny.data, params={"name": "only"}).json()
+    assert small["tag_count"] == 252 and small["tags_truncated"] is True
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"digest": "m"}, 400),
+        ({"digest": "sha256:xyz"}, 400),
+        ({"offset": 2**63}, 422),
+        ({"offset": -1}, 422),
+        ({"limit": 0}, 422),
+        ({"limit": 10**6}, 422),
+        ({"digest": "a" * 64, "offset": 2**31 - 1}, 200),
+    ],
+)
+def test_tag_pages_are_bounded(client, params, status):
+    r = client.get("/models", params=params)
+    assert r.status_code == status, r.text
+    if status != 200:
+        assert error_code(r) == "invalid_request"
+    else:
+        assert r.json()["items"] == [] and r.json()["total"] == 0
