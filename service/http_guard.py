@@ -83,7 +83,12 @@ class HostOriginMiddleware:
                 )
         origin = headers.get("origin")
         write = scope["method"] not in _SAFE_METHODS
-        if problem is None and origin is not None and write and not _same_origin(origin, scope["scheme"], host):
+        if (
+            problem is None
+            and origin is not None
+            and write
+            and not _same_origin(origin, scope.get("scheme", "http"), host)
+        ):
             problem = CrossOriginError(
                 f"{scope['method']} from a page of {origin!r} refused: this server takes writes only from "
                 "its own origin or from clients that send no Origin header (mcnc, curl, httpx)"
