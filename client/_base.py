@@ -33,7 +33,7 @@ from mcnc_core.refs import Ref, parse_ref, validate_name, validate_tag
 
 __all__ = ["BaseClient", "Ref", "bundle_bytes", "base_bytes", "parse_ref", "retry_delay"]
 
-_HEX64 = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+_HEX64 = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 USER_AGENT = "mcnc-client/0.1"
 MAX_RETRY_AFTER = 60.0
 TOKEN_HELP = "pass a token: MCNC_TOKEN=<token>, --token <token> (token= in Python) or `mcnc login` (the token file)"
@@ -185,7 +185,7 @@ class BaseClient:
     @staticmethod
     def _digest_of(data: Any, ref: Ref) -> str:
         """The bundle digest in a ``GET /models/{ref}`` body."""
-        m = _HEX64.match(str(data.get("id") or data.get("digest") or "") if isinstance(data, dict) else "")
+        m = _HEX64.fullmatch(str(data.get("id") or data.get("digest") or "") if isinstance(data, dict) else "")
         if m is None:
             raise IntegrityError(f"the server named no digest for {str(ref)!r}")
         return m.group(1)

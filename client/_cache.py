@@ -25,8 +25,8 @@ from mcnc_core.refs import DEFAULT_TAG, parse_ref, validate_name, validate_tag
 
 __all__ = ["CacheEntry", "LocalCache", "sha256_file"]
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_PREFIX = re.compile(r"^[0-9a-f]{8,64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 _TAG_TEXT = "Signature: 8a477f597d28d172789f06886806bc55\n# This is a cache directory created by mcnc.\n"
 
 
@@ -61,7 +61,7 @@ class LocalCache:
             tag.write_text(_TAG_TEXT)
 
     def blob(self, digest: str) -> Path:
-        if not _DIGEST.match(digest):
+        if not _DIGEST.fullmatch(digest):
             raise InvalidArgumentError(f"not a sha256 digest: {digest!r}")
         return self.root / "blobs" / digest
 
@@ -135,7 +135,7 @@ class LocalCache:
             digest = path.read_text().strip()
         except FileNotFoundError:
             return None
-        return digest if _DIGEST.match(digest) else None
+        return digest if _DIGEST.fullmatch(digest) else None
 
     def write_ref(self, name: str, tag: str, digest: str) -> None:
         self._ensure()
@@ -162,7 +162,7 @@ class LocalCache:
         refs = self._refs()
         out = []
         for path in sorted((self.root / "blobs").iterdir()):
-            if not _DIGEST.match(path.name):
+            if not _DIGEST.fullmatch(path.name):
                 continue
             size = path.stat().st_size
             out.append(CacheEntry(path.name, size, _kind(path), refs.get(path.name, []), self.last_access(path.name)))
@@ -177,12 +177,12 @@ class LocalCache:
         """
         text = target[7:] if target[:7].lower() == "sha256:" else target
         text = text.lower()
-        if _DIGEST.match(text):
+        if _DIGEST.fullmatch(text):
             return text
-        if not _PREFIX.match(text):
+        if not _PREFIX.fullmatch(text):
             return None
         blobs = self.root / "blobs"
-        found = sorted(p.name for p in blobs.glob(f"{text}*") if _DIGEST.match(p.name)) if blobs.is_dir() else []
+        found = sorted(p.name for p in blobs.glob(f"{text}*") if _DIGEST.fullmatch(p.name)) if blobs.is_dir() else []
         if len(found) > 1:
             listed = ", ".join(d[:16] for d in found)
             raise InvalidArgumentError(f"{target!r} matches {len(found)} cached blobs ({listed}): give more digits")

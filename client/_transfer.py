@@ -15,7 +15,7 @@ from client._exceptions import IntegrityError
 
 __all__ = ["Partial", "bundle_base_digest", "bundle_metadata", "finish_download"]
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _MAX_HEADER = 32 << 20
 
 
@@ -58,7 +58,7 @@ class Partial:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append = False
         if status == 206:
-            m = _CONTENT_RANGE.match(headers.get("content-range", ""))
+            m = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
             if not m or int(m.group(1)) != self.size:
                 raise IntegrityError(f"server resumed at {headers.get('content-range')!r}, we hold {self.size} bytes")
             append, total = True, int(m.group(3))

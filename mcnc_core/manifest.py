@@ -15,7 +15,7 @@ __all__ = ["BaseRef", "Storage", "TensorEntry", "factor_shapes", "manifest_from_
 
 Storage = Literal["mcnc", "raw", "base"]
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def factor_shapes(shape: Sequence[int], rank: int) -> tuple[tuple[int, ...], ...]:
@@ -83,7 +83,7 @@ class BaseRef:
         name, digest = data["name"], data["sha256"]
         if name is not None and not isinstance(name, str):
             raise ManifestError(f"base name must be a string or null, got {name!r}")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise ManifestError(f"base sha256 must be 64 lowercase hex digits, got {digest!r}")
         return cls(name, digest)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mcnc_core.errors import RefError
 
-__all__ = ["DEFAULT_TAG", "Ref", "parse_ref", "validate_name", "validate_tag"]
+__all__ = ["DEFAULT_TAG", "DIGEST_PATTERN", "REF_PATTERN", "Ref", "parse_ref", "validate_name", "validate_tag"]
 
 DEFAULT_TAG = "latest"
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -25,6 +25,10 @@ _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})?")
 _RESERVED_SEGMENT = "resolve"
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# The same grammar as anchored patterns (OpenAPI's ``pattern`` for path parameters). ``parse_ref``
+# is stricter in one point: a name part ``resolve`` is reserved. ECMA-262 syntax (no inline flags).
+DIGEST_PATTERN = r"^(?:sha256:)?[0-9a-fA-F]{64}$"
+REF_PATTERN = rf"^(?:(?:sha256:)?[0-9a-fA-F]{{64}}|(?![sS][hH][aA]256:){_NAME.pattern}(?::{_TAG.pattern})?)$"
 
 
 @dataclass(frozen=True)

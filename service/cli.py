@@ -28,6 +28,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.config import Settings
     from service.errors import InsecureBindError, StoreConfigError
+    from service.http_server import uvicorn_options
     from service.main import create_app
     from service.storage import Store
 
@@ -36,17 +37,17 @@ def serve(args: argparse.Namespace) -> int:
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings(**overrides)
-        app = create_app(settings)
+        app = create_app(settings)  # logs a WARNING when MCNC_ALLOW_INSECURE lets it bind
         # Open the stores once before binding: a bad URL, a missing bucket or a schema that needs
         # `mcnc db upgrade` is one clear line and exit status 2, not a traceback from the lifespan.
         Store.open(settings).close()
     except (InsecureBindError, StoreConfigError, ValueError) as exc:
         print(f"mcnc serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, proxy_headers=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, **uvicorn_options(settings))
     return 0
 
 

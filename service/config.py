@@ -57,7 +57,17 @@ class Settings(BaseSettings):
     api_tokens: str | None = None
     public_read: bool = False
     allow_insecure: bool = False
+    # Hosts a loopback server without tokens answers besides localhost, 127.0.0.1, [::1] and `host`
+    # (comma-separated names; any port): other Host headers are refused (DNS rebinding).
+    allowed_hosts: str = ""
     max_upload_bytes: int = Field(1 << 30, ge=1)
+    # Slow clients (docs/service.md "Connections and slow clients").
+    read_timeout: float = Field(30.0, gt=0)  # for a request's head, and between two chunks of its body (408)
+    keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(512, ge=1)  # connections + requests in flight; beyond: 503 (uvicorn)
+    max_concurrent_uploads: int = Field(16, ge=1)  # beyond: 503 too_many_uploads + Retry-After
+    staging_bytes: int = Field(4 << 30, ge=1)  # upload bytes staged on local disk at once; beyond: 507
+    shutdown_timeout: float = Field(10.0, ge=0)  # on SIGTERM, requests still running are cut after this
     max_params: int = Field(10**10, ge=1)
     # Memory that reconstructions in flight may use together (None: half of what the process may use,
     # cgroup-aware, less the memory tier). A tensor needs 3x its float32 bytes while it is built and
@@ -99,6 +109,10 @@ class Settings(BaseSettings):
         from service.memory import process_memory_limit
 
         return max(process_memory_limit() // 2 - self.memory_cache_bytes, 256 << 20)
+
+    def extra_hosts(self) -> frozenset[str]:
+        """``allowed_hosts`` as lowercase names (brackets of IPv6 literals removed)."""
+        return frozenset(h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip())
 
     def tokens(self) -> dict[str, frozenset[str]]:
         """Parse ``api_tokens`` (JSON ``{"token": ["read", ...]}`` or a path to such a file).

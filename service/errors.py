@@ -6,6 +6,8 @@
     ├── InvalidRequestError            400 invalid_request (422 for validation errors)
     ├── UnauthorizedError              401 unauthorized
     ├── ForbiddenError                 403 forbidden
+    │   ├── HostNotAllowedError        403 host_not_allowed: a Host a tokenless loopback server does not answer
+    │   └── CrossOriginError           403 cross_origin: a write from another site's page (its Origin)
     ├── NotFoundError                  404 not_found
     │   ├── BundleNotFoundError        404 bundle_not_found
     │   ├── ModelNotFoundError         404 model_not_found
@@ -13,10 +15,11 @@
     │   ├── RepoNotFoundError          404 repo_not_found       (Hub routes; X-Error-Code RepoNotFound)
     │   ├── RevisionNotFoundError      404 revision_not_found   (Hub routes; X-Error-Code RevisionNotFound)
     │   └── EntryNotFoundError         404 entry_not_found      (Hub routes; X-Error-Code EntryNotFound)
+    ├── RequestTimeoutError            408 request_timeout: the body stalled (MCNC_READ_TIMEOUT)
     ├── ConflictError                  409 conflict
     │   └── BaseMissingError           409 base_missing: a delta's base is not registered here
     ├── PayloadTooLargeError           413 payload_too_large
-    ├── UnsupportedMediaTypeError      415 unsupported_media_type: a multipart form instead of the raw file
+    ├── UnsupportedMediaTypeError      415 unsupported_media_type: an upload not sent as application/octet-stream
     ├── RangeNotSatisfiableError       416 range_not_satisfiable
     ├── InvalidBundleError             422 invalid_bundle
     ├── InvalidBaseError               422 invalid_base
@@ -27,6 +30,8 @@
     ├── BusyError                      429 busy (Retry-After)
     ├── StorageUnavailableError        503 storage_unavailable: the database or blob store failed
     ├── InsufficientMemoryError        507 insufficient_memory: a tensor over the reconstruction memory budget
+    ├── TooManyUploadsError            503 too_many_uploads (Retry-After): MCNC_MAX_CONCURRENT_UPLOADS
+    ├── StagingFullError               507 staging_full (Retry-After): MCNC_STAGING_BYTES
     ├── BlobNotFoundError              a blob store has no such object (routes answer the 404 of
     │                                  the bundle or base it belongs to)
     ├── InsecureBindError              refused at startup: non-loopback host without tokens
@@ -49,6 +54,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 __all__ = [
     "ERROR_CODES",
@@ -58,9 +64,11 @@ __all__ = [
     "BlobNotFoundError",
     "BusyError",
     "ConflictError",
+    "CrossOriginError",
     "EntryNotFoundError",
     "FingerprintMismatchError",
     "ForbiddenError",
+    "HostNotAllowedError",
     "InsecureBindError",
     "InsufficientMemoryError",
     "InvalidBaseError",
@@ -73,16 +81,19 @@ __all__ = [
     "PayloadTooLargeError",
     "RangeNotSatisfiableError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
     "SchemaOutOfDateError",
     "ServiceError",
+    "StagingFullError",
     "StorageUnavailableError",
     "StoreConfigError",
+    "TooManyUploadsError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
+    "check_upload_type",
     "error_response",
-    "refuse_multipart",
     "install_error_handlers",
 ]
 
@@ -114,6 +125,14 @@ class ForbiddenError(ServiceError):
     status, code = 403, "forbidden"
 
 
+class HostNotAllowedError(ForbiddenError):
+    code = "host_not_allowed"
+
+
+class CrossOriginError(ForbiddenError):
+    code = "cross_origin"
+
+
 class NotFoundError(ServiceError):
     status, code = 404, "not_found"
 
@@ -140,6 +159,10 @@ class RevisionNotFoundError(NotFoundError):
 
 class EntryNotFoundError(NotFoundError):
     code, hub_code = "entry_not_found", "EntryNotFound"
+
+
+class RequestTimeoutError(ServiceError):
+    status, code = 408, "request_timeout"
 
 
 class ConflictError(ServiceError):
@@ -202,6 +225,14 @@ class InsufficientMemoryError(ServiceError):
     status, code = 507, "insufficient_memory"
 
 
+class TooManyUploadsError(ServiceError):
+    status, code = 503, "too_many_uploads"
+
+
+class StagingFullError(ServiceError):
+    status, code = 507, "staging_full"
+
+
 class BlobNotFoundError(ServiceError):
     """A blob store holds no object for ``(kind, digest)``; callers translate it into the 404 they mean."""
 
@@ -232,6 +263,8 @@ ERROR_CODES: dict[str, int] = {
         InvalidRequestError,
         UnauthorizedError,
         ForbiddenError,
+        HostNotAllowedError,
+        CrossOriginError,
         NotFoundError,
         BundleNotFoundError,
         ModelNotFoundError,
@@ -239,6 +272,7 @@ ERROR_CODES: dict[str, int] = {
         RepoNotFoundError,
         RevisionNotFoundError,
         EntryNotFoundError,
+        RequestTimeoutError,
         ConflictError,
         BaseMissingError,
         PayloadTooLargeError,
@@ -253,6 +287,8 @@ ERROR_CODES: dict[str, int] = {
         BusyError,
         StorageUnavailableError,
         InsufficientMemoryError,
+        TooManyUploadsError,
+        StagingFullError,
         ServiceError,
     )
 }
@@ -260,18 +296,25 @@ _STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 
 _STATUS_CODES |= {405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
 
-def refuse_multipart(content_type: str | None, what: str, route: str) -> None:
-    """Uploads are the raw file as the body; a multipart form (``curl -F``) would be read as a
-    corrupt file with an absurd declared size, so it is refused up front.
+def check_upload_type(content_type: str | None, what: str, route: str) -> None:
+    """Uploads are the raw file as the body, sent as ``application/octet-stream`` (or with no
+    ``Content-Type``); every other type is refused before the body is read, in particular the
+    ones a web page can send cross-site without a preflight (``text/plain``, forms) and what
+    ``curl --data-binary`` sends by default (``application/x-www-form-urlencoded``).
 
     Raises:
-        UnsupportedMediaTypeError: naming the command that sends the raw file.
+        UnsupportedMediaTypeError: naming the header and the command that sends the raw file.
     """
-    if (content_type or "").lower().startswith("multipart/"):
-        raise UnsupportedMediaTypeError(
-            f"multipart form uploads are not read: send the {what} itself as the body, "
-            f"e.g. curl --data-binary @file -H 'Content-Type: application/octet-stream' '<server>{route}'"
-        )
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in ("", "application/octet-stream"):
+        return
+    how = (
+        f"send the {what} itself as the body with Content-Type: application/octet-stream, "
+        f"e.g. curl --data-binary @file -H 'Content-Type: application/octet-stream' '<server>{route}'"
+    )
+    if media.startswith("multipart/"):
+        raise UnsupportedMediaTypeError(f"multipart form uploads are not read: {how}")
+    raise UnsupportedMediaTypeError(f"uploads with Content-Type {media!r} are not read: {how}")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -298,11 +341,31 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the app routes at this path (Starlette's 405 names only the methods of the first
+    route that matched the path: ``HEAD`` of GET, HEAD and DELETE on ``/bundles/{id}``)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "invalid_request")
     headers: dict[str, Any] = dict(exc.headers or {})
-    return error_response(exc.status_code, code, str(exc.detail), headers)
+    message = str(exc.detail)
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
+    return error_response(exc.status_code, code, message, headers)
 
 
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ declares the bearer scheme on every route that takes a token.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 import mcnc_core
 from service.config import Settings, get_settings, is_loopback
 from service.errors import ERROR_CODES, InsecureBindError, install_error_handlers
+from service.http_guard import HostOriginMiddleware, UploadBudget, allowed_hosts
 from service.lifespan import lifespan
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import RateLimiter
@@ -27,6 +29,7 @@ __all__ = ["check_bind", "create_app"]
 
 DOCS_ASSETS = "/docs-assets"
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # no token, ever (docs/service.md)
+log = logging.getLogger("mcnc.service")
 
 
 def __getattr__(name: str) -> Any:
@@ -39,16 +42,25 @@ def __getattr__(name: str) -> Any:
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse a non-loopback host without tokens unless ``MCNC_ALLOW_INSECURE=1``.
+    """Refuse a non-loopback host without tokens unless ``MCNC_ALLOW_INSECURE=1``, which is logged
+    as a WARNING when it is what lets the server start.
 
     Raises:
         InsecureBindError: naming the host and both ways out.
     """
-    if not settings.tokens() and not is_loopback(settings.host) and not settings.allow_insecure:
+    if settings.tokens() or is_loopback(settings.host):
+        return
+    if not settings.allow_insecure:
         raise InsecureBindError(
             f"refusing to serve on {settings.host} without API tokens: set MCNC_API_TOKENS "
             '(e.g. \'{"<token>": ["read", "write", "admin"]}\') or MCNC_ALLOW_INSECURE=1'
         )
+    log.warning(
+        "INSECURE: serving on %s without API tokens (MCNC_ALLOW_INSECURE=1): anyone who can reach this "
+        "address can upload, read and delete every bundle; set MCNC_API_TOKENS unless a trusted proxy "
+        "or network does the access control",
+        settings.host,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,9 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(
         settings.rate_limit, settings.rate_limit_burst, redis_url=settings.redis_url, prefix=settings.redis_prefix
     )
+    app.state.uploads = UploadBudget(settings.max_concurrent_uploads, settings.staging_bytes)
     install_error_handlers(app)
     app.include_router(api_router)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(HostOriginMiddleware, hosts=allowed_hosts(settings))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts the refusals too
     _add_docs(app)
     return app
 

@@ -47,7 +47,11 @@ class BundlePublic(BaseModel):
     created_at: float
     # The bundle's ``x-`` metadata (free-form strings); null for bundles stored before mcnc 0.2.
     metadata: dict[str, str] | None = None
+    # The first TAGS_IN_RECORD names:tags (by name, tag); all ``tag_count`` of them, paginated:
+    # GET /models?digest=<id>&offset=...
     tags: list[TagPublic] = []
+    tag_count: int = 0
+    tags_truncated: bool = False
 
 
 class ModelPublic(BundlePublic):

@@ -11,6 +11,7 @@ import httpx
 import uvicorn
 
 from service import Settings, create_app
+from service.http_server import uvicorn_options
 
 
 class LiveServer:
@@ -23,7 +24,8 @@ class LiveServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", **uvicorn_options(settings))
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

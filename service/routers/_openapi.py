@@ -7,9 +7,27 @@ cannot see from the signature.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["binary_body", "binary_responses"]
+from fastapi import Path
+
+from mcnc_core.refs import DIGEST_PATTERN, REF_PATTERN
+
+__all__ = ["DigestPath", "RefPath", "binary_body", "binary_responses"]
+
+# Path parameters with their grammar in the spec; the routes' own parsing (``parse_ref``) enforces it
+# and answers 400 ``invalid_request`` (or the resource's 404) with a message naming the expected form.
+RefPath = Annotated[
+    str,
+    Path(
+        description="`name`, `org/name`, either with `:tag` (default `latest`), or a digest `sha256:<64 hex>`",
+        json_schema_extra={"pattern": REF_PATTERN},
+    ),
+]
+DigestPath = Annotated[
+    str,
+    Path(description="a digest: `sha256:<64 hex>` or the 64 hex digits", json_schema_extra={"pattern": DIGEST_PATTERN}),
+]
 
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 

@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from mcnc_core.errors import MCNCError
 from mcnc_core.fingerprint import state_digest_file
 from service.deps import SettingsDep, StoreDep, require
-from service.errors import BaseNotFoundError, InvalidBaseError, refuse_multipart
-from service.routers._openapi import binary_body, binary_responses
-from service.routers.bundles import blob_response, receive_body
+from service.errors import BaseNotFoundError, InvalidBaseError, check_upload_type
+from service.routers._openapi import DigestPath, binary_body, binary_responses
+from service.routers.bundles import blob_response, staged_upload
 from service.schemas import BasePublic
 from service.storage import BaseRecord, Staged, Store, parse_ref
 
@@ -45,9 +45,9 @@ def _store_base(store: Store, tmp: Staged) -> tuple[BaseRecord, bool]:
 )
 async def upload_base(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     """Register a base (safetensors); addressed by the ``state_digest`` of its tensors."""
-    refuse_multipart(request.headers.get("content-type"), "safetensors file", "/bases")
-    tmp = await receive_body(request, store, settings.max_upload_bytes)
-    rec, created = await run_in_threadpool(_store_base, store, tmp)
+    check_upload_type(request.headers.get("content-type"), "safetensors file", "/bases")
+    async with staged_upload(request, store, settings) as tmp:
+        rec, created = await run_in_threadpool(_store_base, store, tmp)
     return JSONResponse(BasePublic(**vars(rec)).model_dump(), status_code=201 if created else 200)
 
 
@@ -56,7 +56,7 @@ _BASE = {"response_class": Response, "responses": binary_responses("the base (sa
 
 @router.get("/bases/{digest}", operation_id="get_base", dependencies=[Depends(require("read"))], **_BASE)
 @router.head("/bases/{digest}", operation_id="head_base", dependencies=[Depends(require("read"))], **_BASE)
-def get_base(digest: str, request: Request, store: StoreDep) -> Response:
+def get_base(digest: DigestPath, request: Request, store: StoreDep) -> Response:
     """The base file as uploaded (ETag: the file's sha256)."""
     parsed = parse_ref(digest)
     rec = store.meta.get_base(parsed.digest) if parsed.digest else None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -21,10 +23,12 @@ from service.errors import (
     InvalidRequestError,
     LimitExceededError,
     PayloadTooLargeError,
-    refuse_multipart,
+    RequestTimeoutError,
+    check_upload_type,
 )
+from service.http_guard import UploadBudget, UploadSlot
 from service.ranges import closing_stream, validate_request
-from service.routers._openapi import binary_body, binary_responses
+from service.routers._openapi import DigestPath, RefPath, binary_body, binary_responses
 from service.schemas import BundlePublic, TagPublic
 from service.storage import (
     DEFAULT_TAG,
@@ -41,7 +45,12 @@ router = APIRouter(tags=["bundles"])
 _BUFFER = 1 << 20
 
 
+TAGS_IN_RECORD = 100  # a bundle's record lists this many of its tags; GET /models?digest= pages through all
+
+
 def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
+    """The JSON record of ``rec``, with its first ``TAGS_IN_RECORD`` tags and their total count."""
+    page, total = store.meta.list_tags(limit=TAGS_IN_RECORD, offset=0, digest=rec.digest)
     return BundlePublic(
         id=rec.digest,
         digest=f"sha256:{rec.digest}",
@@ -54,26 +63,44 @@ def bundle_public(store: Store, rec: BundleRecord) -> BundlePublic:
         base=rec.base_sha256,
         created_at=rec.created_at,
         metadata=rec.metadata,
-        tags=[TagPublic(**vars(t)) for t in store.meta.tags_for(rec.digest)],
+        tags=[TagPublic(**vars(t)) for t in page],
+        tag_count=total,
+        tags_truncated=total > len(page),
     )
 
 
-async def receive_body(request: Request, store: Store, limit: int) -> Staged:
-    """Stream the request body into a staged temp file, refusing past ``limit`` bytes (413)."""
+async def receive_body(request: Request, store: Store, settings: Settings, slot: UploadSlot) -> Staged:
+    """Stream the request body into a staged temp file, refusing past ``MCNC_MAX_UPLOAD_BYTES`` (413),
+    past the staging budget ``slot`` draws on (507), or when no byte comes for ``MCNC_READ_TIMEOUT`` (408)."""
+    limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"body is {declared} bytes, over the limit of {limit} (MCNC_MAX_UPLOAD_BYTES)")
+    if declared and declared.isdigit():
+        if int(declared) > limit:
+            raise PayloadTooLargeError(f"body is {declared} bytes, over the limit of {limit} (MCNC_MAX_UPLOAD_BYTES)")
+        slot.reserve_total(int(declared))  # refused before a byte is written
     tmp = await run_in_threadpool(store.stage)
     try:
         buf = bytearray()
-        async for chunk in request.stream():
+        chunks = request.stream()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), settings.read_timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+                raise RequestTimeoutError(
+                    f"no body bytes for {settings.read_timeout:g} s after {tmp.size + len(buf)} "
+                    "(MCNC_READ_TIMEOUT): the upload was abandoned; send the body without pauses"
+                ) from None
             if tmp.size + len(buf) + len(chunk) > limit:
                 raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes (MCNC_MAX_UPLOAD_BYTES)")
             buf += chunk
             if len(buf) >= _BUFFER:
+                slot.reserve_total(tmp.size + len(buf))
                 await run_in_threadpool(tmp.write, bytes(buf))
                 buf.clear()
         if buf:
+            slot.reserve_total(tmp.size + len(buf))
             await run_in_threadpool(tmp.write, bytes(buf))
         if tmp.size == 0:
             raise InvalidRequestError("empty body: send the bundle file as application/octet-stream")
@@ -81,6 +108,19 @@ async def receive_body(request: Request, store: Store, limit: int) -> Staged:
         await run_in_threadpool(tmp.discard)
         raise
     return tmp
+
+
+@asynccontextmanager
+async def staged_upload(request: Request, store: Store, settings: Settings) -> AsyncIterator[Staged]:
+    """The request body staged on local disk, within the upload budgets (``receive_body``); the
+    upload's slot and staging bytes are released on exit, when the caller has stored or refused it."""
+    budget: UploadBudget = request.app.state.uploads
+    with budget.slot() as slot:
+        tmp = await receive_body(request, store, settings, slot)
+        try:
+            yield tmp
+        finally:
+            await run_in_threadpool(tmp.discard)
 
 
 def _store_bundle(
@@ -158,15 +198,15 @@ async def upload_bundle(
     tag: Annotated[str | None, Query(max_length=128)] = None,
 ) -> JSONResponse:
     """Store a bundle (201 first time, 200 for bytes already stored); optionally name:tag it."""
-    refuse_multipart(request.headers.get("content-type"), "bundle file", "/bundles?name=<name>&tag=<tag>")
+    check_upload_type(request.headers.get("content-type"), "bundle file", "/bundles?name=<name>&tag=<tag>")
     if name is not None:
         validate_name(name)
     if tag is not None:
         if name is None:
             raise InvalidRequestError("tag given without name")
         validate_tag(tag)
-    tmp = await receive_body(request, store, settings.max_upload_bytes)
-    rec, created = await run_in_threadpool(_store_bundle, store, engine, settings, tmp, name, tag or DEFAULT_TAG)
+    async with staged_upload(request, store, settings) as tmp:
+        rec, created = await run_in_threadpool(_store_bundle, store, engine, settings, tmp, name, tag or DEFAULT_TAG)
     body = bundle_public(store, rec)
     return JSONResponse(body.model_dump(), status_code=201 if created else 200, headers={"ETag": f'"{rec.digest}"'})
 
@@ -197,7 +237,7 @@ _BUNDLE = {"response_class": Response, "responses": binary_responses("the bundle
 
 @router.get("/bundles/{ref:path}", operation_id="get_bundle", dependencies=[Depends(require("read"))], **_BUNDLE)
 @router.head("/bundles/{ref:path}", operation_id="head_bundle", dependencies=[Depends(require("read"))], **_BUNDLE)
-def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
+def get_bundle(ref: RefPath, request: Request, store: StoreDep) -> Response:
     """The raw bundle file."""
     parsed = parse_ref(ref)
     digest = store.meta.resolve(parsed)
@@ -212,7 +252,9 @@ def get_bundle(ref: str, request: Request, store: StoreDep) -> Response:
 
 
 @router.delete("/bundles/{id}", status_code=204, dependencies=[Depends(require("admin"))])
-def delete_bundle(id: str, store: StoreDep, engine: EngineDep, adapters: AdaptersDep, force: bool = False) -> Response:
+def delete_bundle(
+    id: DigestPath, store: StoreDep, engine: EngineDep, adapters: AdaptersDep, force: bool = False
+) -> Response:
     """Delete a bundle by digest; 409 while names point at it unless ``force=true``."""
     parsed = parse_ref(id)
     if parsed.digest is None:

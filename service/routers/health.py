@@ -47,7 +47,15 @@ async def ready(store: StoreDep, engine: EngineDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics")
+_PROMETHEUS = {
+    200: {
+        "description": "Prometheus text exposition format, not JSON",
+        "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/metrics", response_class=Response, responses=_PROMETHEUS)
 def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics (text exposition format)."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine
 from service.errors import InvalidRequestError, ModelNotFoundError
-from service.routers.bundles import bundle_public
+from service.routers._openapi import RefPath
+from service.routers.bundles import TAGS_IN_RECORD, bundle_public
 from service.schemas import LoadedModel, LoadedModels, ModelPublic, ModelsPublic, TagPublic
 from service.storage import Store, parse_ref
 
@@ -27,7 +28,7 @@ def _loaded(store: Store, engine: Engine) -> list[LoadedModel]:
     for key, tier, nbytes, last in sorted(rows, key=lambda r: -r[3]):
         digest, _, rest = key.partition(":")
         dtype = rest.partition(":")[0]
-        tags = [f"{t.name}:{t.tag}" for t in store.meta.tags_for(digest)]
+        tags = [f"{t.name}:{t.tag}" for t in store.meta.tags_for(digest, limit=TAGS_IN_RECORD)]
         out.append(LoadedModel(digest=digest, dtype=dtype, key=key, tier=tier, bytes=nbytes, last_used=last, tags=tags))
     return out
 
@@ -39,16 +40,24 @@ async def list_models(
     loaded: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # SQLite's OFFSET is a 64-bit int; keep far inside
+    digest: Annotated[
+        str | None, Query(description="only the names:tags pointing at this bundle id", max_length=71)
+    ] = None,
 ) -> ModelsPublic | LoadedModels:
-    """Names and tags with their digests (paginated), or with ``loaded=true`` what each tier holds."""
+    """Names and tags with their digests (paginated, optionally of one bundle), or what each tier holds."""
     if loaded:
         return LoadedModels(items=await run_in_threadpool(_loaded, store, engine))
-    tags, total = await run_in_threadpool(store.meta.list_tags, limit=limit, offset=offset)
+    if digest is not None:
+        parsed = parse_ref(digest)
+        if parsed.digest is None:
+            raise InvalidRequestError(f"digest={digest!r}: expected a bundle id (64 hex digits or sha256:<hex>)")
+        digest = parsed.digest
+    tags, total = await run_in_threadpool(store.meta.list_tags, limit=limit, offset=offset, digest=digest)
     return ModelsPublic(items=[TagPublic(**vars(t)) for t in tags], total=total, limit=limit, offset=offset)
 
 
 @router.get("/models/{ref:path}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
-def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
+def get_model(ref: RefPath, store: StoreDep, engine: EngineDep) -> ModelPublic:
     """Metadata of the bundle ``ref`` resolves to."""
     digest = store.meta.resolve(parse_ref(ref))
     rec = store.meta.get_bundle(digest) if digest else None
@@ -59,7 +68,7 @@ def get_model(ref: str, store: StoreDep, engine: EngineDep) -> ModelPublic:
 
 
 @router.delete("/models/{ref:path}", dependencies=[Depends(require("admin"))])
-def delete_model(ref: str, store: StoreDep) -> dict[str, str]:
+def delete_model(ref: RefPath, store: StoreDep) -> dict[str, str]:
     """Remove a name:tag (the bundle stays; delete it with ``DELETE /bundles/{id}``)."""
     parsed = parse_ref(ref)
     if parsed.digest is not None:

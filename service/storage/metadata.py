@@ -169,8 +169,9 @@ class MetadataStore:
         rec = self.get_tag(ref.name, ref.tag)
         return rec.digest if rec else None
 
-    def tags_for(self, digest: str) -> list[TagRecord]:
-        query = select(tags).where(tags.c.digest == digest).order_by(tags.c.name, tags.c.tag)
+    def tags_for(self, digest: str, *, limit: int | None = None) -> list[TagRecord]:
+        """The names:tags pointing at ``digest`` (ordered by name, tag), the first ``limit`` of them."""
+        query = select(tags).where(tags.c.digest == digest).order_by(tags.c.name, tags.c.tag).limit(limit)
         with self._tx(write=False) as conn:
             return [TagRecord(**r._asdict()) for r in conn.execute(query)]
 
@@ -181,12 +182,18 @@ class MetadataStore:
                 for r in conn.execute(select(tags).where(tags.c.name == name).order_by(tags.c.tag))
             ]
 
-    def list_tags(self, *, limit: int, offset: int) -> tuple[list[TagRecord], int]:
-        """One page of every name:tag (ordered by name, tag) and the total count, read together."""
-        query = select(tags).order_by(tags.c.name, tags.c.tag).limit(limit).offset(offset)
+    def list_tags(self, *, limit: int, offset: int, digest: str | None = None) -> tuple[list[TagRecord], int]:
+        """One page of every name:tag, or of those pointing at ``digest`` (ordered by name, tag), and
+        their total count, read together (LIMIT/OFFSET and COUNT in SQL: a bundle may have many tags)."""
+        query, count = select(tags), select(func.count()).select_from(tags)
+        if digest is not None:
+            query, count = query.where(tags.c.digest == digest), count.where(tags.c.digest == digest)
         with self._tx(write=False) as conn:
-            page = [TagRecord(**r._asdict()) for r in conn.execute(query)]
-            total = conn.execute(select(func.count()).select_from(tags)).scalar_one()
+            page = [
+                TagRecord(**r._asdict())
+                for r in conn.execute(query.order_by(tags.c.name, tags.c.tag).limit(limit).offset(offset))
+            ]
+            total = conn.execute(count).scalar_one()
         return page, int(total)
 
     # writes

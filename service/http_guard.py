@@ -1,0 +1,164 @@
+"""What the server refuses before a route runs: foreign ``Host`` names (DNS rebinding), cross-site
+writes (``Origin``), and uploads past the concurrent-upload and staging-disk budgets.
+
+A page on another site can make the browser send requests to ``http://127.0.0.1:8000``: simple
+ones (``GET``, or ``POST`` with a form or ``text/plain`` body) need no CORS preflight, and DNS
+rebinding (a name of the attacker's that resolves to 127.0.0.1) even lets it read the answers.
+A tokenless loopback server, whose only protection is the bind address, therefore answers only
+``Host`` names that are its own (``localhost``, ``127.0.0.1``, ``[::1]``, ``MCNC_HOST``,
+``MCNC_ALLOWED_HOSTS``), and no server accepts a write whose ``Origin`` is another site; the
+upload routes also refuse the content types a page can send without a preflight
+(``service.errors.check_upload_type``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.config import Settings, is_loopback
+from service.errors import CrossOriginError, HostNotAllowedError, StagingFullError, TooManyUploadsError, error_response
+
+__all__ = ["HostOriginMiddleware", "UploadBudget", "allowed_hosts"]
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str] | None:
+    """The ``Host`` names a tokenless loopback server answers, or ``None`` (no check: tokens protect,
+    or the operator chose a non-loopback bind with ``MCNC_ALLOW_INSECURE``)."""
+    if settings.tokens() or not is_loopback(settings.host):
+        return None
+    return frozenset({"localhost", "127.0.0.1", "::1", settings.host.lower().strip("[]")}) | settings.extra_hosts()
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``("name", port)`` of a ``Host`` value (``name``, ``name:port``, ``[v6]:port``), None if malformed."""
+    try:
+        parts = urlsplit(f"//{value}")
+        return (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return None
+
+
+def _on_socket(scope: Scope) -> bool:
+    """True when the request came in on a TCP socket (uvicorn's ``server`` is the local IP). In-process
+    calls (Starlette's TestClient, httpx's ASGITransport) name no IP and no browser can reach them."""
+    server = scope.get("server")
+    if not server:
+        return False
+    try:
+        ipaddress.ip_address(str(server[0]).strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class HostOriginMiddleware:
+    """Pure ASGI: 403 ``host_not_allowed`` for a foreign ``Host`` (when ``hosts`` is set), 403
+    ``cross_origin`` for a write (not GET/HEAD/OPTIONS) whose ``Origin`` is not this server's own."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+        host = headers.get("host", "")
+        problem = None
+        if self.hosts is not None and _on_socket(scope):
+            split = _split_host(host)
+            if split is None or split[0] not in self.hosts:
+                problem = HostNotAllowedError(
+                    f"this server does not answer for Host {host!r} (a loopback server without tokens answers "
+                    f"only {', '.join(sorted(self.hosts))}): add the name to MCNC_ALLOWED_HOSTS, or set "
+                    "MCNC_API_TOKENS"
+                )
+        origin = headers.get("origin")
+        write = scope["method"] not in _SAFE_METHODS
+        if (
+            problem is None
+            and origin is not None
+            and write
+            and not _same_origin(origin, scope.get("scheme", "http"), host)
+        ):
+            problem = CrossOriginError(
+                f"{scope['method']} from a page of {origin!r} refused: this server takes writes only from "
+                "its own origin or from clients that send no Origin header (mcnc, curl, httpx)"
+            )
+        if problem is not None:
+            response = error_response(problem.status, problem.code, problem.message)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, scheme: str, host: str) -> bool:
+    """``origin`` (``scheme://name[:port]``) is the server's own: same scheme, name and port."""
+    try:
+        parts = urlsplit(origin)
+        own = _split_host(host)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return False  # "null" (sandboxed frames, file://) and malformed origins are never ours
+    if own is None or parts.scheme != scheme or not parts.hostname:
+        return False
+    return (parts.hostname.lower(), port) == (own[0], own[1] or _DEFAULT_PORTS.get(scheme))
+
+
+class UploadBudget:
+    """Uploads in progress and the bytes they have staged on local disk, bounded per process.
+
+    Used from the event loop only (no lock: nothing awaits between a check and its update).
+    """
+
+    def __init__(self, max_uploads: int, max_bytes: int) -> None:
+        self.max_uploads, self.max_bytes = max_uploads, max_bytes
+        self.uploads = 0
+        self.staged = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[UploadSlot]:
+        """One upload's place; 503 ``too_many_uploads`` when all are taken. Releases its bytes on exit."""
+        if self.uploads >= self.max_uploads:
+            raise TooManyUploadsError(
+                f"{self.uploads} uploads are in progress, the most this server takes at once "
+                "(MCNC_MAX_CONCURRENT_UPLOADS): retry later",
+                headers={"Retry-After": "5"},
+            )
+        self.uploads += 1
+        slot = UploadSlot(self)
+        try:
+            yield slot
+        finally:
+            self.uploads -= 1
+            self.staged -= slot.reserved
+
+
+class UploadSlot:
+    """The staging bytes one upload holds; ``reserve`` before writing them."""
+
+    def __init__(self, budget: UploadBudget) -> None:
+        self.budget, self.reserved = budget, 0
+
+    def reserve_total(self, total: int) -> None:
+        """Hold ``total`` bytes for this upload (more than held so far), or 507 ``staging_full``."""
+        extra = total - self.reserved
+        if extra <= 0:
+            return
+        budget = self.budget
+        if budget.staged + extra > budget.max_bytes:
+            raise StagingFullError(
+                f"uploads in progress already hold {budget.staged} of the {budget.max_bytes} bytes of staging "
+                f"space (MCNC_STAGING_BYTES); this one needs {total}: retry later",
+                headers={"Retry-After": "30"},
+            )
+        budget.staged += extra
+        self.reserved = total
