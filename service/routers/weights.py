@@ -12,7 +12,7 @@ from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine, Layout
 from service.errors import BaseMissingError, ModelNotFoundError
 from service.ranges import closing_stream, validate_request
-from service.routers._openapi import binary_responses
+from service.routers._openapi import RefPath, binary_responses
 from service.storage import Store, parse_ref
 
 router = APIRouter(tags=["weights"])
@@ -49,7 +49,7 @@ _WEIGHTS = {"response_class": Response, "responses": binary_responses("the weigh
     "/models/{ref:path}/weights", operation_id="head_weights", dependencies=[Depends(require("read"))], **_WEIGHTS
 )
 async def get_weights(
-    ref: str,
+    ref: RefPath,
     request: Request,
     store: StoreDep,
     engine: EngineDep,
