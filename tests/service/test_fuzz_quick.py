@@ -1,0 +1,101 @@
+"""``benchmarks/fuzz_server.py --quick``: 300 mutated bundles against a live server, no server error.
+
+The run is the check (its JSON lists every failure with its seed and index). Two findings are
+pinned apart, each marked until its fix lands: bundles accepted although their data fail their own
+fingerprint (verification on upload, issue #11), and delta bundles whose manifest disagrees with
+the registered base they name, whose weights answer 200 and then break off.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service import Settings
+from tests._live import LiveServer
+from tests._scripts import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def _known_base_mismatch(failure: dict[str, Any]) -> bool:
+    """The stream cut by a delta whose manifest disagrees with its base (pinned below)."""
+    return failure["kind"] == "stream-cut" and "BaseMismatchError" in failure["detail"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    out = tmp / "fuzz.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks/fuzz_server.py"), "--quick", "--no-strict-fingerprint"]
+    cmd += ["--json", str(out), "--save-dir", str(tmp / "failures")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.exists(), f"no results\n{proc.stdout}\n{proc.stderr}"
+    res: dict[str, Any] = json.loads(out.read_text())
+    res["stdout"], res["exit"] = proc.stdout, proc.returncode
+    return res
+
+
+def test_quick_fuzz_finds_no_server_error(quick: dict[str, Any]) -> None:
+    assert quick["mutants"] == 300
+    unknown = [f for f in quick["failures"] if not _known_base_mismatch(f)]
+    assert not unknown, quick["stdout"]
+    assert quick["exit"] == (1 if quick["failures"] else 0), quick["stdout"]
+    classes = {k: v for k, v in quick["status_classes"].items() if k not in ("stream-cut", "server-log")}
+    assert set(classes) <= {"2xx", "4xx"}, quick["status_classes"]
+    # The mutants reach both sides: most are refused with a typed 4xx, some get through (and are
+    # then fetched back, streamed and compared with a reconstruction in the fuzzer's process).
+    assert classes["4xx"] > 150 and classes["2xx"] > 10, classes
+    assert quick["accepted"].get("fingerprint-ok", 0) > 0, quick["accepted"]
+
+
+@pytest.mark.xfail(strict=True, reason="fingerprint verification on upload is not merged yet (issue #11)")
+def test_quick_fuzz_accepts_no_bundle_that_fails_its_fingerprint(quick: dict[str, Any]) -> None:
+    assert quick["accepted_bad_fingerprint"] == 0, quick["accepted_bad_fingerprint_indices"]
+
+
+def test_mutants_are_a_function_of_seed_and_index() -> None:
+    from benchmarks.fuzz_mutations import build_seeds, mutant
+
+    seeds = build_seeds()
+    a = [mutant(seeds, random.Random(f"7:{i}")).data for i in range(20)]
+    b = [mutant(seeds, random.Random(f"7:{i}")).data for i in range(20)]
+    assert a == b and len(set(a)) == 20
+
+
+def _with_manifest_dtype(data: bytes, name: str, dtype: str) -> bytes:
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    manifest = json.loads(header["__metadata__"]["manifest"])
+    next(e for e in manifest if e["name"] == name)["dtype"] = dtype
+    header["__metadata__"]["manifest"] = json.dumps(manifest, separators=(",", ":"), sort_keys=True)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GET weights of a delta whose manifest disagrees with its registered base answers 200, then "
+    "iter_reconstruct raises BaseMismatchError mid-stream (found by benchmarks/fuzz_server.py)",
+)
+def test_delta_that_disagrees_with_its_base_is_refused_before_the_weights_stream(tmp_path: Path, delta) -> None:
+    bias = next(e.name for e in delta.bundle.manifest if e.storage == "base")  # read from the base as is
+    data = _with_manifest_dtype(delta.data, bias, "F64")  # the base holds F32: the reader cannot see it
+    settings = Settings(data_dir=tmp_path, redis_url=None, api_tokens=None)
+    with LiveServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.post("/bases", content=delta.base_file).status_code == 201
+        digest = c.post("/bundles", content=data).json()["id"]
+        try:
+            r = c.get(f"/models/sha256:{digest}/weights")
+        except httpx.RemoteProtocolError as exc:  # 200 sent, body broken off
+            pytest.fail(f"weights stream broke after the status: {exc}")
+    assert r.status_code in (409, 422), r.status_code
