@@ -118,7 +118,7 @@ def relayout(header: dict[str, Any], tensors: dict[str, bytes]) -> bytes:
     """Give ``header``'s entries contiguous offsets in their order and return the data section."""
     body, offset = [], 0
     for name, entry in header.items():
-        if name == "__metadata__" or name not in tensors:
+        if name == "__metadata__" or name not in tensors or not isinstance(entry, dict):
             continue
         entry["data_offsets"] = [offset, offset + len(tensors[name])]
         offset += len(tensors[name])
@@ -272,6 +272,9 @@ def e_reshape_consistent(rng: random.Random, doc: Doc) -> str:
     man, gen = _json_field(doc, "manifest"), _json_field(doc, "generator")
     if not isinstance(man, list) or not isinstance(gen, dict):
         return "reshape: no manifest, left"
+    k, size = gen.get("k"), gen.get("chunk_size")
+    if not (type(k) is int and 1 <= k <= 1024 and type(size) is int and 2 <= size <= 2**20):
+        return "reshape: generator spec already broken, left"
     mc = [e for e in man if isinstance(e, dict) and e.get("storage") == "mcnc"]
     if not mc:
         return "reshape: no mcnc entry, left"
@@ -283,13 +286,12 @@ def e_reshape_consistent(rng: random.Random, doc: Doc) -> str:
     if not rank and math.prod(shape) > 10**5:
         shape = [256, 256]
     factors = [[shape[0], rank], [rank, math.prod(shape[1:])]] if rank else [shape]
-    entry.update(shape=shape, rank=rank, chunks=sum(math.ceil(math.prod(f) / gen["chunk_size"]) for f in factors))
+    entry.update(shape=shape, rank=rank, chunks=sum(math.ceil(math.prod(f) / size) for f in factors))
     off = 0
     for e in man:
         if isinstance(e, dict) and e.get("storage") == "mcnc":
             e["chunk_offset"] = off
             off += e["chunks"]
-    k = gen["k"]
     gen_rng = torch.Generator().manual_seed(rng.randrange(2**31))
     doc["tensors"]["mcnc.alpha"] = torch.randn(off, k, generator=gen_rng).numpy().tobytes()
     doc["tensors"]["mcnc.beta"] = torch.rand(off, generator=gen_rng).numpy().tobytes()
@@ -596,7 +598,8 @@ def mutant(seeds: list[Seed], rng: random.Random) -> Mutant:
             edit = _weighted(rng, HEADER_EDITS)
             try:
                 edits.append(edit(rng, doc, seeds) if edit is e_splice else edit(rng, doc))
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an earlier edit broke it
+            except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError, RuntimeError) as exc:
+                # an earlier edit broke what this one edits
                 edits.append(f"{edit.__name__}: skipped ({type(exc).__name__})")
     header = doc["header"]
     # Without a re-layout the data stays in its original order, whatever the entries now say.
