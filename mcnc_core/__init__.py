@@ -13,6 +13,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mcnc_core.backend import Backend, CPUBackend, CUDABackend, backend_for
     from mcnc_core.bundle import Bundle, ReadLimits, export_bundle, load_bundle, save_bundle
     from mcnc_core.compress import base_state_dict, compress, materialize
     from mcnc_core.config import MCNCConfig
@@ -45,11 +46,14 @@ if TYPE_CHECKING:
 __version__ = "0.2.0"
 
 __all__ = [
+    "Backend",
     "BaseMismatchError",
     "Bundle",
     "BundleError",
     "BundleFormatError",
     "BundleLimitError",
+    "CPUBackend",
+    "CUDABackend",
     "ConfigError",
     "DeviceUnavailableError",
     "DuplicateTensorError",
@@ -68,6 +72,7 @@ __all__ = [
     "RefError",
     "UnexpectedTensorError",
     "UnsupportedVersionError",
+    "backend_for",
     "base_state_dict",
     "check_vllm",
     "compress",
@@ -86,6 +91,10 @@ __all__ = [
 
 # public name -> the module that defines it (what the TYPE_CHECKING imports above say)
 _LAZY = {
+    "Backend": "mcnc_core.backend",
+    "CPUBackend": "mcnc_core.backend",
+    "CUDABackend": "mcnc_core.backend",
+    "backend_for": "mcnc_core.backend",
     "BaseMismatchError": "mcnc_core.errors",
     "Bundle": "mcnc_core.bundle",
     "BundleError": "mcnc_core.errors",

@@ -120,7 +120,11 @@ class _BlockPool:
             except BaseException as exc:  # handed to the caller
                 batch.errors.append(exc)
             finally:
-                batch.done.release()
+                done = batch.done
+                # Drop the task before signalling: an idle worker holding the last ``fn`` would keep
+                # its closure (the output tensor it wrote) alive until its next task (issue 11 D5).
+                del fn, batch
+                done.release()
 
     def run(self, fns: list[Callable[[], None]]) -> None:
         batch = _Batch()

@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mcnc_core.backend import exact_float32
 from mcnc_core.bundle import Bundle
 from mcnc_core.compress import get_state
 from mcnc_core.decode import decode_factors
 from mcnc_core.errors import ExportError
 from mcnc_core.generator import Generator
 from mcnc_core.manifest import TensorEntry
-from mcnc_core.reconstruct import _full_fp32_matmul
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
 
 __all__ = [
@@ -91,7 +91,7 @@ def _factors(bundle: Bundle, e: TensorEntry, gen: Generator) -> tuple[Tensor, Te
     # decode_factors cuts the decode into the blocks reconstruction uses: the same bits it combines.
     dev = gen.w_out_t.device
     sl = slice(e.chunk_offset, e.chunk_offset + e.chunks)
-    with torch.no_grad(), _full_fp32_matmul():
+    with torch.no_grad(), exact_float32():
         a, b = decode_factors(gen, bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev), e.factors())
     return a, b  # (rows, r), (r, cols)
 

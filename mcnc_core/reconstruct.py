@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import NamedTuple
@@ -10,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mcnc_core.backend import Backend, exact_float32
 from mcnc_core.bundle import Bundle
 from mcnc_core.decode import decode_tensor_into
 from mcnc_core.errors import BaseMismatchError, ConfigError, DeviceUnavailableError, ModelError
@@ -35,17 +35,6 @@ DeviceLike = str | torch.device
 @functools.lru_cache(maxsize=16)
 def _generator(spec: GeneratorSpec, device: torch.device) -> Generator:
     return Generator(spec).to(device)
-
-
-@contextlib.contextmanager
-def _full_fp32_matmul() -> Iterator[None]:
-    # TF32 (10-bit mantissa) would break the fingerprint tolerance; reconstruct in true fp32.
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def base_names(bundle: Bundle) -> list[str]:
@@ -181,6 +170,7 @@ def iter_reconstruct(
     verify_base: bool = True,
     names: Collection[str] | None = None,
     recycler: OutputRecycler | None = None,
+    backend: Backend | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(name, tensor)`` for every output tensor, in manifest (state_dict) order.
 
@@ -202,6 +192,8 @@ def iter_reconstruct(
         names: only yield these tensors (manifest order is kept); ``None`` yields all.
         recycler: CPU: where large outputs get their memory; a long-lived one (a server's) reuses
             memory of tensors dropped after earlier calls too. ``None``: one for this call.
+        backend: where outputs are allocated (its ``device`` replaces ``device``, and ``recycler``
+            is not used); ``Backend.reconstruct`` passes itself and hands the tensors to the host.
 
     Raises:
         BaseMismatchError: delta bundle without a matching base.
@@ -210,16 +202,16 @@ def iter_reconstruct(
         DeviceUnavailableError: a CUDA device this machine does not have.
     """
     check_base(bundle, base, verify_digest=verify_base)
-    dev = _device(device)
+    dev = backend.device if backend is not None else _device(device)
     dtype = _dtype(dtype)
     gen = _generator(bundle.spec, dev)
-    empty = _allocator(dev, recycler or OutputRecycler())
+    empty = backend.allocator() if backend is not None else _allocator(dev, recycler or OutputRecycler())
     wanted = None if names is None else set(names)
     for index, e in enumerate(bundle.manifest):
         if wanted is not None and e.name not in wanted:
             continue
         out_dtype = output_dtype(e, dtype)
-        with torch.no_grad(), _full_fp32_matmul():
+        with torch.no_grad(), exact_float32():
             if e.storage != "mcnc":
                 t = empty(e.shape, out_dtype).copy_(_stored(bundle, index, e, base, verify))
             elif verify and out_dtype != torch.float32:  # the fingerprint covers the float32 values
@@ -325,7 +317,7 @@ def reconstruct_into(
         raise ModelError(f"target tensor {fit.meta[0]!r} is on the meta device: materialise it first (to_empty)")
     check_base(bundle, base, verify_digest=verify_base)
     recycler = OutputRecycler()
-    with torch.no_grad(), _full_fp32_matmul():
+    with torch.no_grad(), exact_float32():
         for index, e in enumerate(bundle.manifest):
             dst = targets[e.name]
             if e.storage != "mcnc":

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     allow_insecure: bool = False
     max_upload_bytes: int = Field(1 << 30, ge=1)
     max_params: int = Field(10**10, ge=1)
+    # Memory that reconstructions in flight may use together (None: half of what the process may use,
+    # cgroup-aware, less the memory tier). A tensor needs 3x its float32 bytes while it is built and
+    # sent; a bundle with a tensor over the whole budget is refused at upload (docs/service.md).
+    reconstruction_memory_bytes: int | None = Field(None, ge=1 << 20)
+    # Uploads up to this many parameters are reconstructed and checked against their fingerprint
+    # before they are stored; larger ones (and deltas whose base is not here yet) are checked in
+    # full before the first byte of their weights is served.
+    verify_max_params: int = Field(10**9, ge=0)
     max_concurrent_reconstructions: int = Field(2, ge=1)
     max_queued_reconstructions: int = Field(32, ge=0)
     # CPU: memory of dropped outputs kept for the next reconstructions (no page faults on reuse).
@@ -82,6 +90,15 @@ class Settings(BaseSettings):
     def resolved_blob_url(self) -> str:
         """``blob_url``, else ``file://<data_dir>/blobs``."""
         return self.blob_url or (self.data_dir.resolve() / "blobs").as_uri()
+
+    def resolved_reconstruction_memory(self) -> int:
+        """``reconstruction_memory_bytes``, else half the process's memory limit less the memory tier
+        (at least 256 MiB)."""
+        if self.reconstruction_memory_bytes is not None:
+            return self.reconstruction_memory_bytes
+        from service.memory import process_memory_limit
+
+        return max(process_memory_limit() // 2 - self.memory_cache_bytes, 256 << 20)
 
     def tokens(self) -> dict[str, frozenset[str]]:
         """Parse ``api_tokens`` (JSON ``{"token": ["read", ...]}`` or a path to such a file).

@@ -26,13 +26,15 @@ from safetensors import safe_open
 from torch import Tensor
 
 import mcnc_core
+from mcnc_core.backend import backend_for
 from mcnc_core.bundle import Bundle
 from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
 from service.cache import MemoryCache
 from service.config import Settings
-from service.errors import BaseNotFoundError, BusyError
+from service.errors import BaseNotFoundError, BusyError, FingerprintMismatchError, InsufficientMemoryError
+from service.memory import ByteBudget
 from service.metrics import Metrics
 from service.redis_cache import RedisCache, RedisEntry, RedisUnavailable, RedisWriter
 from service.storage import Store
@@ -47,7 +49,12 @@ DTYPES: dict[str, torch.dtype | None] = {
     "bfloat16": torch.bfloat16,
 }
 _PIECE = 4 << 20  # bytes per yielded body piece
-_LAG_TIMEOUT_S = 30.0  # a subscriber this far behind a job is dropped and rebuilds on its own
+# Bytes a tensor needs per parameter while it is built and sent: its float32 output, a cast's (or a
+# low-rank tensor's float32) scratch, and the previous tensor still being sent.
+WORKING_SET_PER_PARAM = 12
+# A job keeps up to this many bytes (or the memory tier's budget, if larger) for its slowest reader
+# before dropping it: readers a few tensors apart share one reconstruction even without tier 1.
+_JOB_WINDOW_MIN = 64 << 20
 _PEER_POLL_S = 0.05  # how often a server waiting on another's reconstruction looks for its tier-2 entry
 
 
@@ -115,13 +122,21 @@ class _LazyBase(Mapping[str, Tensor]):
 
 
 class _Job:
-    """One full reconstruction shared by subscribers; retains tensors only while someone needs them."""
+    """One full reconstruction shared by subscribers; retains tensors only while someone needs them.
 
-    def __init__(self, layout: Layout, keep_all: bool) -> None:
-        self.layout, self.keep_all = layout, keep_all
+    The job never waits on a reader (issue 11 D3): a model that fits ``window`` bytes is kept whole
+    until the job ends; otherwise the job keeps what its slowest subscriber still needs, and when
+    that passes ``window`` bytes it drops the slowest subscriber, which rebuilds the rest itself.
+    A slow reader so costs its own stream, never the others'.
+    """
+
+    def __init__(self, layout: Layout, window: int) -> None:
+        self.layout, self.window = layout, window
+        self.keep_all = layout.data_bytes <= window
         self.index = {n: i for i, n in enumerate(layout.names)}
         self.cond = threading.Condition()
         self.tensors: dict[str, Tensor] = {}
+        self.held = 0  # bytes in ``tensors``
         self.produced = 0
         self.finished = False
         self.subs: dict[int, list[int]] = {}  # subscriber -> indices it still needs, ascending
@@ -137,7 +152,16 @@ class _Job:
     def unsubscribe(self, sid: int) -> None:
         with self.cond:
             self.subs.pop(sid, None)
-            self.cond.notify_all()
+            self._release()
+
+    def advance(self, sid: int, name: str) -> None:
+        """The subscriber has ``name`` (from the job or elsewhere, e.g. tier 1): it needs nothing up to it."""
+        i = self.index[name]
+        with self.cond:
+            need = self.subs.get(sid)
+            if need is not None and need and need[0] <= i:
+                self.subs[sid] = [j for j in need if j > i]
+                self._release()
 
     def take(self, sid: int, name: str) -> Tensor | None:
         """The tensor once produced, or None (job failed or dropped it): rebuild it yourself."""
@@ -146,30 +170,33 @@ class _Job:
             while self.produced <= i and not self.finished and sid in self.subs:
                 self.cond.wait(1.0)
             t = self.tensors.get(name)
-            need = self.subs.get(sid)
-            if need is not None:
-                self.subs[sid] = [j for j in need if j > i]
-            self.cond.notify_all()
-            return t
+        self.advance(sid, name)
+        return t
 
     def publish(self, name: str, t: Tensor) -> None:
-        i = self.index[name]
         with self.cond:
             self.tensors[name] = t
-            self.produced = i + 1
+            self.held += t.numel() * t.element_size()
+            self.produced = self.index[name] + 1
             self.cond.notify_all()
-            if self.keep_all:
-                return
-            # Backpressure: hold at most one tensor beyond the slowest subscriber.
-            deadline = time.monotonic() + _LAG_TIMEOUT_S
-            while any(need and need[0] < i for need in self.subs.values()) and time.monotonic() < deadline:
-                self.cond.wait(0.5)
-            for sid in [s for s, need in self.subs.items() if need and need[0] < i]:
-                del self.subs[sid]  # too slow: it rebuilds what it still needs itself
+            self._release()
+
+    def _release(self) -> None:
+        # caller holds self.cond: drop what no subscriber needs; past the window, the slowest goes
+        if self.keep_all:
+            return
+        while True:
             low = min((need[0] for need in self.subs.values() if need), default=len(self.index))
-            for n in list(self.tensors):
-                if self.index[n] < low:
-                    del self.tensors[n]
+            for n in [n for n in self.tensors if self.index[n] < low]:
+                t = self.tensors.pop(n)
+                self.held -= t.numel() * t.element_size()
+            if self.held <= self.window or not self.subs:
+                return
+            slowest = min((s for s, need in self.subs.items() if need), key=lambda s: self.subs[s][0], default=None)
+            if slowest is None or self.subs[slowest][0] >= self.produced - 1:
+                return  # everyone waits on the newest tensor: nothing to drop but it
+            del self.subs[slowest]  # it rebuilds what it still needs itself
+            self.cond.notify_all()
 
     def finish(self) -> None:
         with self.cond:
@@ -188,19 +215,24 @@ class Engine:
         self.device = resolve_device(settings.device)
         self.profile = numerics_profile(self.device)
         self._sem = threading.BoundedSemaphore(settings.max_concurrent_reconstructions)
-        # One recycler for all reconstructions: a request reuses the memory of tensors that earlier
+        self.memory_budget = ByteBudget(settings.resolved_reconstruction_memory())
+        self._verify_locks: dict[str, threading.Lock] = {}
+        # CPU: one recycler for all reconstructions: a request reuses the memory of tensors that earlier
         # ones dropped (three per stream: the one sent, the one being built, a cast's scratch).
-        self._recycler: OutputRecycler | None = None
+        # CUDA: tensors reach host memory through pinned buffers on a copy stream, overlapped with
+        # the next decode; tiers 1 and 2 then hold host bytes, so a stream never waits on the GPU.
+        recycler = None
         if self.device.type == "cpu" and settings.recycle_bytes > 0:
             keep = 3 * settings.max_concurrent_reconstructions
-            self._recycler = OutputRecycler(keep=keep, max_bytes=settings.recycle_bytes)
+            recycler = OutputRecycler(keep=keep, max_bytes=settings.recycle_bytes)
+        self.backend = backend_for(self.device, recycler=recycler)
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._bundles: OrderedDict[str, Bundle] = OrderedDict()
         self._layouts: dict[tuple[str, str, str], Layout] = {}
         self._weights_digests: dict[str, str] = {}  # model key -> sha256 of the full response
         self._pending = 0
-        self.reconstruction_count = 0  # tensors-producing runs, full and partial (for tests)
+        self.reconstruction_count = 0  # runs producing served tensors, full and partial (for tests)
 
     # bundles and layouts
     def bundle(self, digest: str) -> Bundle:
@@ -263,6 +295,60 @@ class Engine:
                 with self._lock:
                     self._weights_digests[lay.key] = known
         return known
+
+    # limits and verification
+    @property
+    def max_tensor_params(self) -> int:
+        """The largest tensor (in parameters) whose working set fits the reconstruction memory budget."""
+        return self.memory_budget.total // WORKING_SET_PER_PARAM
+
+    def check_fits(self, bundle: Bundle) -> None:
+        """Raises InsufficientMemoryError (507) when a tensor of ``bundle`` cannot fit the memory budget
+        (a bundle stored under a larger budget): answered before any status line, never an OOM."""
+        largest = max((e.numel for e in bundle.manifest), default=0)
+        if largest > self.max_tensor_params:
+            raise InsufficientMemoryError(
+                f"a tensor of {largest:,} parameters needs {largest * WORKING_SET_PER_PARAM:,} bytes to reconstruct, "
+                f"over this server's budget of {self.memory_budget.total:,} (MCNC_RECONSTRUCTION_MEMORY_BYTES); "
+                "raise it, or load the bundle where more memory is available (client.load)"
+            )
+
+    def verify(self, bundle: Bundle) -> None:
+        """Reconstruct every tensor of ``bundle`` and check it against the bundle's fingerprint.
+
+        Raises:
+            FingerprintMismatchError: (422) naming the tensor and the statistic that differ.
+            BaseNotFoundError: a delta whose base is not registered.
+        """
+        self.check_fits(bundle)
+        try:
+            for _name, _t in self._reconstruct(bundle, None, None, kind="verify", verify=True):
+                pass
+        except mcnc_core.FingerprintMismatchError as exc:
+            raise FingerprintMismatchError(
+                f"the bundle's reconstruction does not match its own fingerprint ({exc}): the file is corrupt "
+                "or was written by a broken tool; export it again"
+            ) from exc
+
+    def ensure_verified(self, digest: str) -> None:
+        """Verify a stored bundle once (its row records when); concurrent callers wait for one check.
+
+        Called before any byte of a bundle's weights is served: bundles stored before verification
+        existed, over ``verify_max_params``, or deltas uploaded before their base are checked here.
+        """
+        rec = self.store.meta.get_bundle(digest)
+        if rec is None or rec.verified_at is not None:
+            return
+        with self._lock:
+            lock = self._verify_locks.setdefault(digest, threading.Lock())
+        with lock:
+            rec = self.store.meta.get_bundle(digest)
+            if rec is None or rec.verified_at is not None:
+                return
+            self.verify(self.bundle(digest))
+            self.store.meta.mark_verified(digest, time.time())
+        with self._lock:
+            self._verify_locks.pop(digest, None)
 
     # admission
     def is_warm(self, lay: Layout, start: int, end: int) -> bool:
@@ -370,14 +456,17 @@ class Engine:
         try:
             for i, name in enumerate(names):
                 t = None if own is not None else self.memory.get(lay.key, name)
-                if t is None and job is not None and sid is not None:
-                    t = job.take(sid, name)
+                if job is not None and sid is not None:
+                    if t is None:
+                        t = job.take(sid, name)
+                    else:  # served from tier 1: the job must not keep (or wait for) it on our account
+                        job.advance(sid, name)
                 if t is None:
                     if own is None:  # from here on, rebuild every remaining tensor ourselves
                         if job is not None and sid is not None:
                             job.unsubscribe(sid)
                             job = None
-                        own = self._reconstruct(lay, names[i:], kind="partial")
+                        own = self._reconstruct(self.bundle(lay.digest), names[i:], lay.dtype, kind="partial")
                     got, t = next(own)
                     assert got == name, (got, name)
                 yield name, t
@@ -389,7 +478,7 @@ class Engine:
 
     def _start_job(self, lay: Layout, flight: Lock | None) -> _Job:
         # caller holds self._lock
-        job = _Job(lay, keep_all=lay.data_bytes <= self.memory.budget)
+        job = _Job(lay, window=max(self.memory.budget, _JOB_WINDOW_MIN))
         job.flight = flight
         self._jobs[lay.key] = job
         threading.Thread(target=self._run_job, args=(job,), name=f"mcnc-job-{lay.digest[:8]}", daemon=True).start()
@@ -405,7 +494,7 @@ class Engine:
                 if writer is not None:
                     writer.feed(lay.prefix)
             renewed = time.monotonic()
-            for name, t in self._reconstruct(lay, list(lay.names), kind="full"):
+            for name, t in self._reconstruct(self.bundle(lay.digest), None, lay.dtype, kind="full"):
                 if job.flight is not None and time.monotonic() - renewed > RedisCache.FLIGHT_LEASE_S / 3:
                     assert self.redis is not None
                     self.redis.extend_flight_lock(job.flight)
@@ -429,35 +518,66 @@ class Engine:
                 self.redis.release_flight_lock(job.flight)  # after the commit: waiters find the entry
             job.finish()
 
-    def _reconstruct(self, lay: Layout, names: list[str], *, kind: str) -> Iterator[tuple[str, Tensor]]:
-        """Run ``iter_reconstruct`` for ``names`` under the concurrency limit."""
+    def _reconstruct(
+        self, bundle: Bundle, names: list[str] | None, dtype: str | None, *, kind: str, verify: bool = False
+    ) -> Iterator[tuple[str, Tensor]]:
+        """``iter_reconstruct`` of ``names`` (None: all), holding a slot and memory only while computing.
+
+        Each tensor takes a reconstruction slot and its working set from the memory budget, and gives
+        both back before it is yielded: a consumer slow to send (or a job's slow readers) never holds
+        compute or budget others wait for.
+
+        Raises:
+            TimeoutError: no slot or memory within ``load_timeout``.
+        """
         with self._lock:
             self._pending += 1
-        acquired = False
         base: _LazyBase | None = None
         try:
-            acquired = self._sem.acquire(timeout=self.settings.load_timeout)
-            if not acquired:
-                raise TimeoutError(f"no reconstruction slot within {self.settings.load_timeout}s")
-            bundle = self.bundle(lay.digest)
             if bundle.base is not None:
                 rec = self.store.meta.get_base(bundle.base.sha256)
                 if rec is None:
-                    raise BaseNotFoundError(f"the base sha256:{bundle.base.sha256} of {lay.digest} is not registered")
+                    raise BaseNotFoundError(f"the base sha256:{bundle.base.sha256} of the bundle is not registered")
                 base = _LazyBase(self.store.base_file(rec))
             self.metrics.reconstructions.labels(kind).inc()
-            with self._lock:
-                self.reconstruction_count += 1
+            if kind != "verify":
+                with self._lock:
+                    self.reconstruction_count += 1
             t0 = time.perf_counter()
-            wanted = None if len(names) == len(lay.names) else names
-            yield from iter_reconstruct(
-                bundle, base, self.device, DTYPES[lay.dtype], verify_base=False, names=wanted, recycler=self._recycler
+            wanted = None if names is None else set(names)
+            sizes = [e.numel * WORKING_SET_PER_PARAM for e in bundle.manifest if wanted is None or e.name in wanted]
+            decoded = iter_reconstruct(
+                bundle,
+                base,
+                self.device,
+                None if dtype is None else DTYPES[dtype],
+                verify=verify,
+                verify_base=False,
+                names=names,
+                backend=self.backend,
             )
+            tensors = self.backend.to_host(decoded)
+            timeout = self.settings.load_timeout
+            try:
+                for need in sizes:
+                    if not self.memory_budget.acquire(need, timeout):
+                        raise TimeoutError(f"no reconstruction memory ({need:,} bytes) within {timeout}s")
+                    try:
+                        if not self._sem.acquire(timeout=timeout):
+                            raise TimeoutError(f"no reconstruction slot within {timeout}s")
+                        try:
+                            item = next(tensors)
+                        finally:
+                            self._sem.release()
+                    finally:
+                        self.memory_budget.release(need)
+                    yield item
+            finally:
+                tensors.close()  # type: ignore[attr-defined]
+                decoded.close()  # type: ignore[attr-defined]
             self.metrics.reconstruction_seconds.labels(kind).observe(time.perf_counter() - t0)
         finally:
             if base is not None:
                 base.close()
-            if acquired:
-                self._sem.release()
             with self._lock:
                 self._pending -= 1

@@ -21,10 +21,12 @@
     ├── InvalidBundleError             422 invalid_bundle
     ├── InvalidBaseError               422 invalid_base
     ├── LimitExceededError             422 limit_exceeded
+    ├── FingerprintMismatchError       422 fingerprint_mismatch: the weights differ from the bundle's fingerprint
     ├── NotAnAdapterError              422 not_an_adapter: no exact PEFT LoRA form (full mode, rank 0)
     ├── RateLimitedError               429 rate_limited (Retry-After)
     ├── BusyError                      429 busy (Retry-After)
     ├── StorageUnavailableError        503 storage_unavailable: the database or blob store failed
+    ├── InsufficientMemoryError        507 insufficient_memory: a tensor over the reconstruction memory budget
     ├── BlobNotFoundError              a blob store has no such object (routes answer the 404 of
     │                                  the bundle or base it belongs to)
     ├── InsecureBindError              refused at startup: non-loopback host without tokens
@@ -57,8 +59,10 @@ __all__ = [
     "BusyError",
     "ConflictError",
     "EntryNotFoundError",
+    "FingerprintMismatchError",
     "ForbiddenError",
     "InsecureBindError",
+    "InsufficientMemoryError",
     "InvalidBaseError",
     "InvalidBundleError",
     "InvalidRequestError",
@@ -170,6 +174,12 @@ class LimitExceededError(ServiceError):
     status, code = 422, "limit_exceeded"
 
 
+class FingerprintMismatchError(ServiceError):
+    """A bundle whose reconstruction does not match its own fingerprint: refused, never served."""
+
+    status, code = 422, "fingerprint_mismatch"
+
+
 class NotAnAdapterError(ServiceError):
     status, code = 422, "not_an_adapter"
 
@@ -184,6 +194,12 @@ class BusyError(ServiceError):
 
 class StorageUnavailableError(ServiceError):
     status, code = 503, "storage_unavailable"
+
+
+class InsufficientMemoryError(ServiceError):
+    """A stored bundle holds a tensor this server's reconstruction memory budget cannot hold."""
+
+    status, code = 507, "insufficient_memory"
 
 
 class BlobNotFoundError(ServiceError):
@@ -231,10 +247,12 @@ ERROR_CODES: dict[str, int] = {
         InvalidBundleError,
         InvalidBaseError,
         LimitExceededError,
+        FingerprintMismatchError,
         NotAnAdapterError,
         RateLimitedError,
         BusyError,
         StorageUnavailableError,
+        InsufficientMemoryError,
         ServiceError,
     )
 }

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 import mcnc_core
 from service.config import Settings
 from service.deps import AdaptersDep, EngineDep, SettingsDep, StoreDep, require
+from service.engine import Engine
 from service.errors import (
     BundleNotFoundError,
     InvalidBundleError,
@@ -83,9 +84,16 @@ async def receive_body(request: Request, store: Store, limit: int) -> Staged:
 
 
 def _store_bundle(
-    store: Store, settings: Settings, tmp: Staged, name: str | None, tag: str
+    store: Store, engine: Engine, settings: Settings, tmp: Staged, name: str | None, tag: str
 ) -> tuple[BundleRecord, bool]:
-    """Validate with the strict reader, then commit blob and metadata; the temp file never survives.
+    """Validate with the strict reader, check the weights against the fingerprint, then commit blob and
+    metadata; the temp file never survives.
+
+    Every allocation the bundle can cause is bounded before it happens: the reader's limits (file,
+    parameters, generator size) and the largest tensor against the reconstruction memory budget.
+    Up to ``verify_max_params`` the bundle is reconstructed and checked against its fingerprint here
+    (422 ``fingerprint_mismatch``); a delta is checked when its base is registered. Others are
+    checked before their weights are first served.
 
     A delta bundle is accepted without its base: clients that hold the base reconstruct locally,
     adapters need none; only server-side weights need it (409 ``base_missing`` until registered).
@@ -94,13 +102,26 @@ def _store_bundle(
         digest = tmp.finish()
         rec = store.meta.get_bundle(digest)
         if rec is None:  # new bytes: validate with the strict reader (stored bytes were validated before)
-            limits = mcnc_core.ReadLimits(max_bytes=settings.max_upload_bytes, max_params=settings.max_params)
+            limits = mcnc_core.ReadLimits(
+                max_bytes=settings.max_upload_bytes,
+                max_params=settings.max_params,
+                max_tensor_params=engine.max_tensor_params,
+            )
             try:
                 bundle = mcnc_core.load_bundle(tmp.path, limits=limits)
             except mcnc_core.BundleLimitError as exc:
-                raise LimitExceededError(f"bundle refused: {exc}") from exc
+                raise LimitExceededError(
+                    f"bundle refused: {exc} (MCNC_MAX_PARAMS={settings.max_params}; a tensor may have up to "
+                    f"{engine.max_tensor_params:,} parameters under MCNC_RECONSTRUCTION_MEMORY_BYTES="
+                    f"{engine.memory_budget.total})"
+                ) from exc
             except mcnc_core.MCNCError as exc:
                 raise InvalidBundleError(f"not a valid MCNC bundle ({type(exc).__name__}): {exc}") from exc
+            verified_at = None
+            base_here = bundle.base is None or store.meta.get_base(bundle.base.sha256) is not None
+            if base_here and bundle.num_params <= settings.verify_max_params:
+                engine.verify(bundle)  # FingerprintMismatchError: 422, nothing stored
+                verified_at = time.time()
             rec = BundleRecord(
                 digest=digest,
                 size=tmp.size,
@@ -112,6 +133,7 @@ def _store_bundle(
                 base_name=bundle.base.name if bundle.base else None,
                 created_at=time.time(),
                 metadata_json=json.dumps(bundle.metadata, sort_keys=True),
+                verified_at=verified_at,
             )
         # Also for stored bytes: the store re-checks the blob inside the transaction, so an upload
         # racing a delete of the same digest ends with both row and blob (or neither).
@@ -130,6 +152,7 @@ def _store_bundle(
 async def upload_bundle(
     request: Request,
     store: StoreDep,
+    engine: EngineDep,
     settings: SettingsDep,
     name: Annotated[str | None, Query(max_length=128)] = None,
     tag: Annotated[str | None, Query(max_length=128)] = None,
@@ -143,7 +166,7 @@ async def upload_bundle(
             raise InvalidRequestError("tag given without name")
         validate_tag(tag)
     tmp = await receive_body(request, store, settings.max_upload_bytes)
-    rec, created = await run_in_threadpool(_store_bundle, store, settings, tmp, name, tag or DEFAULT_TAG)
+    rec, created = await run_in_threadpool(_store_bundle, store, engine, settings, tmp, name, tag or DEFAULT_TAG)
     body = bundle_public(store, rec)
     return JSONResponse(body.model_dump(), status_code=201 if created else 200, headers={"ETag": f'"{rec.digest}"'})
 

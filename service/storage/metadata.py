@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, create_engine, delete, event, func, select, text
+from sqlalchemy import Connection, Engine, Row, Table, create_engine, delete, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -212,6 +212,11 @@ class MetadataStore:
         ins = self._insert(tags).values(name=name, tag=tag, digest=digest, updated_at=now)
         upsert = ins.on_conflict_do_update(index_elements=["name", "tag"], set_={"digest": digest, "updated_at": now})
         conn.execute(upsert)
+
+    def mark_verified(self, digest: str, when: float) -> None:
+        """Record that ``digest``'s reconstruction matched its fingerprint at ``when`` (no-op if gone)."""
+        with self._tx(write=True) as conn:
+            conn.execute(update(bundles).where(bundles.c.digest == digest).values(verified_at=when))
 
     def add_base(self, rec: BaseRecord, *, before_commit: Callable[[], None]) -> tuple[BaseRecord, bool]:
         """Insert ``rec`` unless its digest is stored; ``before_commit`` runs with the row locked."""

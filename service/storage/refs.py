@@ -72,6 +72,7 @@ class BundleRecord:
     base_name: str | None
     created_at: float
     metadata_json: str | None = None  # the bundle's ``x-`` keys as JSON; None: stored before 0.2
+    verified_at: float | None = None  # when its weights last matched its fingerprint; None: not yet
 
     @property
     def metadata(self) -> dict[str, str] | None:

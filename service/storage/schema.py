@@ -27,6 +27,8 @@ bundles = Table(
     Column("created_at", Float, nullable=False),
     # The bundle's ``x-`` metadata as a JSON object; NULL for rows stored before migration 0002.
     Column("metadata_json", Text),
+    # When its reconstruction last matched its fingerprint; NULL: not yet (see migration 0003).
+    Column("verified_at", Float),
 )
 
 bases = Table(

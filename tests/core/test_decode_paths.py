@@ -213,3 +213,24 @@ def test_output_gemm_gradients_and_forward_mode_match_a_plain_matmul():
         out_tangent = fwAD.unpack_dual(gen.output(dual)).tangent
     torch.testing.assert_close(out_tangent, tangent @ gen.w_out_t, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gen.output(hs.detach()), hs.detach() @ gen.w_out_t, rtol=1e-6, atol=1e-6)
+
+
+def test_decode_workers_do_not_keep_the_last_output_alive() -> None:
+    """Issue 11 D5: an idle worker held its last task (the closure over ``out``) until its next one,
+    so the last tensor a server streamed stayed resident for good (321 -> 1,420 MB RSS)."""
+    import gc
+    import weakref
+
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes((1000, 1000), 0, seed=5)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = torch.empty(1000, 1000)
+        decode_tensor_into(gen, alpha, beta, (1000, 1000), factors, out)
+        ref = weakref.ref(out)
+        del out
+        gc.collect()
+    finally:
+        torch.set_num_threads(previous)
+    assert ref() is None, "a decode worker still references the output it wrote"

@@ -104,15 +104,43 @@ def test_malformed_bundles_are_refused_and_leave_nothing(client, tiny, settings,
     assert client.get("/models").json()["total"] == 0
 
 
-def test_bit_flip_in_data_is_refused_or_is_a_different_bundle(client, tiny, settings):
+def _data_offset(data: bytes, tensor: int) -> int:
+    """A byte inside the ``tensor``-th stored tensor (header order) of a safetensors file."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    begin, end = sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__")[tensor]
+    return 8 + n + (begin + end) // 2 // 4 * 4 + 3  # the top byte (sign, exponent) of a float32
+
+
+@pytest.mark.parametrize("tensor", [0, 1, 2, -1])
+def test_bundles_failing_their_own_fingerprint_are_refused(client, tiny, settings, tensor):
+    """Issue 11 D12: a bundle whose numbers were changed still parses (a "different bundle"); it was
+    stored and its wrong weights served with 200. Now it is reconstructed and checked on upload."""
     data = bytearray(tiny.data)
-    data[-3] ^= 0xFF
+    data[_data_offset(tiny.data, tensor)] ^= 0x3F  # the exponent of a code, scale or raw number
     r = client.post("/bundles", content=bytes(data))
-    if r.status_code == 201:  # still a valid bundle: then it is a different one
-        assert r.json()["id"] != hashlib.sha256(tiny.data).hexdigest()
-    else:
-        assert r.status_code == 422 and error_code(r) == "invalid_bundle"
-        assert _leftovers(settings.data_dir) == []
+    assert r.status_code == 422 and error_code(r) == "fingerprint_mismatch", r.text
+    assert "fingerprint" in r.json()["error"]["message"]
+    assert _leftovers(settings.data_dir) == []
+    assert client.get("/models").json()["total"] == 0
+
+
+def test_deferred_verification_runs_before_any_weight_byte(tmp_path, tiny):
+    """Over ``verify_max_params`` (and for rows stored before verification existed) the bundle is
+    stored unchecked; the first request for its weights checks it in full before answering."""
+    bad = bytearray(tiny.data)
+    bad[_data_offset(tiny.data, 0)] ^= 0x3F
+    with TestClient(create_app(Settings(data_dir=tmp_path, verify_max_params=0))) as c:
+        good_id = c.post("/bundles", params={"name": "good"}, content=tiny.data).json()["id"]
+        assert c.post("/bundles", params={"name": "bad"}, content=bytes(bad)).status_code == 201
+        store = c.app.state.store  # type: ignore[attr-defined]
+        assert store.meta.get_bundle(good_id).verified_at is None
+        for method in ("HEAD", "GET"):
+            r = c.request(method, "/models/bad/weights")
+            assert r.status_code == 422 and r.headers["x-error-code"] == "fingerprint_mismatch"
+        assert c.get("/models/good/weights").status_code == 200
+        assert store.meta.get_bundle(good_id).verified_at is not None
+        assert c.get("/bundles/bad").status_code == 200  # the file itself is still what was uploaded
 
 
 def test_empty_body_is_invalid_request(client):

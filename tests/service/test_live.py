@@ -62,6 +62,8 @@ def test_single_flight_n_concurrent_cold_requests(tmp_path, tiny, memory_budget,
     n = 8
     with LiveServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         c.post("/bundles", params={"name": "m"}, content=tiny.data)
+        assert calls == [None]  # the upload's check against the fingerprint
+        calls.clear()
         barrier = threading.Barrier(n)
 
         def fetch(_: int) -> tuple[int, bytes]:
