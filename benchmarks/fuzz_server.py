@@ -270,9 +270,17 @@ def _same(a: Any, b: Any) -> bool:
     return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
-def probe(client: httpx.Client, mutant: Any, bases: set[str]) -> tuple[int, str, str | None]:
-    """Upload one mutant and follow it up. Returns ``(status, code or outcome, accepted outcome)``."""
-    r = client.post("/bundles", content=mutant.data, headers={"Content-Type": "application/octet-stream"})
+def probe(client: httpx.Client, mutant: Any, bases: set[str], reused: list[str]) -> tuple[int, str, str | None]:
+    """Upload one mutant and follow it up. Returns ``(status, code or outcome, accepted outcome)``;
+    appends to ``reused`` when the upload met a connection the server had closed."""
+    headers = {"Content-Type": "application/octet-stream"}
+    try:
+        r = client.post("/bundles", content=mutant.data, headers=headers)
+    except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+        # A keep-alive connection the server closed (after an unhandled error, uvicorn drops the
+        # connection without "Connection: close"): counted, and the upload retried once on a new one.
+        reused.append(repr(exc))
+        r = client.post("/bundles", content=mutant.data, headers=headers)
     if r.status_code >= 500:
         raise Failure("5xx", f"POST /bundles {r.status_code} {r.text[:500]}")
     if r.status_code >= 400:
@@ -321,7 +329,10 @@ def run_bundles(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                     failure: Failure | None = None
                     try:
-                        status, code, outcome = probe(client, mu, bases)
+                        reused: list[str] = []
+                        status, code, outcome = probe(client, mu, bases, reused)
+                        if reused:
+                            counts["closed-connection-retried"] += 1
                         counts[f"{status // 100}xx"] += 1
                         codes[f"{status} {code}"] += 1
                         if outcome is not None:
