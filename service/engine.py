@@ -33,7 +33,13 @@ from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
 from service.cache import MemoryCache
 from service.config import Settings
-from service.errors import BaseNotFoundError, BusyError, FingerprintMismatchError, InsufficientMemoryError
+from service.errors import (
+    BaseNotFoundError,
+    BusyError,
+    FingerprintMismatchError,
+    InsufficientMemoryError,
+    InvalidBundleError,
+)
 from service.memory import ByteBudget
 from service.metrics import Metrics
 from service.redis_cache import RedisCache, RedisEntry, RedisUnavailable, RedisWriter
@@ -324,6 +330,11 @@ class Engine:
         try:
             for _name, _t in self._reconstruct(bundle, None, None, kind="verify", verify=True):
                 pass
+        except mcnc_core.BaseMismatchError as exc:  # the reader cannot see the base: checked here
+            raise InvalidBundleError(
+                f"the delta bundle does not fit its registered base ({exc}): it was trained on other tensors; "
+                "export it again against this base"
+            ) from exc
         except mcnc_core.FingerprintMismatchError as exc:
             raise FingerprintMismatchError(
                 f"the bundle's reconstruction does not match its own fingerprint ({exc}): the file is corrupt "
