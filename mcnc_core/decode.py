@@ -37,6 +37,31 @@ _ROW_QUANTUM = 16
 
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
 
+try:  # streaming stores for float32 outputs (mcnc_core/_ntstore.c, built when a C compiler is there)
+    from mcnc_core import _ntstore
+except ImportError:  # pragma: no cover - a build without the extension copies with torch (same bits)
+    _ntstore = None  # type: ignore[assignment]
+
+# Below this many values a slice is copied with torch (streaming stores pay off for memory-bound
+# writes; a small slice of a small tensor is written to cache and read again soon anyway).
+_NT_MIN_VALUES = 1 << 14
+
+
+def _store(dst: Tensor, src: Tensor) -> None:
+    """``dst.copy_(src)`` for 1-d contiguous ``dst``/``src`` (same numel); float32 to float32 on CPU
+    goes through streaming stores, which skip reading the destination (no bit changes: a copy)."""
+    if (
+        _ntstore is not None
+        and dst.dtype == torch.float32
+        and src.dtype == torch.float32
+        and dst.device.type == "cpu"
+        and src.device.type == "cpu"
+        and dst.numel() >= _NT_MIN_VALUES
+    ):
+        _ntstore.copy(dst.data_ptr(), src.data_ptr(), dst.numel())
+    else:
+        dst.copy_(src)
+
 
 def _overlap(a: Tensor, b: Tensor) -> str:
     """How the memory of two contiguous 1-d tensors overlaps: ``"none"``, ``"same"`` (the same
@@ -277,14 +302,14 @@ def decode_tensor_into(
         # The GEMM runs exactly as in training; each of its slices gets the base added and is
         # copied (and cast) into ``out`` while it is still in cache. The padded last block's extra
         # rows are dropped. A base aliasing ``out`` is read, slice by slice, before it is written.
-        for r0, part in gen.output_slices(hs):
+        for r0, part in gen.output_slices(hs, reuse=True):
             a, b = lo + r0 * d, min(hi, lo + (r0 + part.shape[0]) * d)
             if a >= b:
                 break
             w = part.view(-1)[: b - a]
             if base_flat is not None:
                 w.add_(base_flat[a:b])
-            flat[a:b].copy_(w)
+            _store(flat[a:b], w)
 
     starts = range(0, alpha.shape[0], step)
     workers = torch.get_num_threads()

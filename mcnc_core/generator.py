@@ -272,19 +272,63 @@ def _onednn_linear_available() -> bool:
 
 
 _ONEDNN_LINEAR = _onednn_linear_available()
-_SLICE_ELEMS = 1 << 18  # output elements per oneDNN call (1 MiB of float32)
+_SLICE_ELEMS = 1 << 18  # output elements per GEMM call (1 MiB of float32)
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...); empty when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _cpu_gemm() -> str | None:
+    """The output GEMM's kernel on this machine's CPU, fixed per machine: training and reconstruction
+    must call the same one to get the same bits.
+
+    ``"mkl"`` (``torch.mm``) on Intel CPUs: as fast as oneDNN's there (211-227 GFLOP/s on one core of
+    the Xeon this project measures on) and it writes into a buffer it is given, so reconstruction
+    reuses one cache-resident slice instead of allocating one per call (+25% decode speed, measured).
+    ``"onednn"`` elsewhere: MKL's float32 GEMM is 2.1-2.5x slower than oneDNN's on AMD (Zen 5:
+    84-99 vs 205-210 GFLOP/s). ``None``: neither, one plain matmul.
+    """
+    if _cpu_vendor() == "GenuineIntel":
+        return "mkl"
+    return "onednn" if _ONEDNN_LINEAR else None
+
+
+_CPU_GEMM = _cpu_gemm()
+
+
+def _differentiable(hs: Tensor) -> bool:
+    """Whether ``hs`` may carry a derivative: backward mode (grad enabled and it requires grad) or
+    forward mode (a dual level is open; torch keeps that level in ``forward_ad._current_level``)."""
+    if torch.is_grad_enabled() and hs.requires_grad:
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
+
+
+def _gemm(hs: Tensor, w_out: Tensor, w_out_t: Tensor, out: Tensor | None = None) -> Tensor:
+    """``hs @ W_outᵀ`` with this machine's CPU kernel (``_CPU_GEMM``); ``out`` only with MKL."""
+    if _CPU_GEMM == "mkl":
+        return torch.mm(hs, w_out_t, out=out) if out is not None else torch.mm(hs, w_out_t)
+    return torch.ops.mkldnn._linear_pointwise(hs, w_out, None, "none", [], "")
 
 
 class _OutputGemm(torch.autograd.Function):
-    """``hs @ W_outᵀ`` on CPU through oneDNN's float32 GEMM: 2.1-2.5x MKL's on the decode's thin
-    shapes (measured on this project's 2-core AVX-512 VM: 205-210 vs 84-99 GFLOP/s on one core,
-    width 64). Training's forward and reconstruction call this same kernel on the same shapes, so
-    they keep giving identical bits; the backward (``grad @ W_out``) and forward-mode derivative
-    are ordinary matmuls."""
+    """``hs @ W_outᵀ`` on CPU through this machine's GEMM kernel (``_cpu_gemm``). Training's forward
+    and reconstruction call the same kernel on the same shapes and operands, so they keep giving
+    identical bits; the backward (``grad @ W_out``) and forward-mode derivative are ordinary
+    matmuls."""
 
     @staticmethod
-    def forward(hs: Tensor, w_out: Tensor) -> Tensor:  # type: ignore[override]
-        return torch.ops.mkldnn._linear_pointwise(hs, w_out, None, "none", [], "")
+    def forward(hs: Tensor, w_out: Tensor, w_out_t: Tensor) -> Tensor:  # type: ignore[override]
+        return _gemm(hs, w_out, w_out_t)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def, override]
@@ -294,10 +338,10 @@ class _OutputGemm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[no-untyped-def, override]
         (w_out,) = ctx.saved_tensors
-        return grad @ w_out, None
+        return grad @ w_out, None, None
 
     @staticmethod
-    def jvp(ctx, hs_t: Tensor, _w_t: Tensor | None) -> Tensor:  # type: ignore[no-untyped-def, override]
+    def jvp(ctx, hs_t: Tensor, _w_t: Tensor | None, _wt_t: Tensor | None) -> Tensor:  # type: ignore[no-untyped-def, override]
         (w_out,) = ctx.saved_tensors
         return hs_t @ w_out.t()
 
@@ -353,19 +397,29 @@ class Generator(nn.Module):
         sq_norm = (x @ self.gram).mul_(x).sum(dim=1)
         return x.mul_(beta.mul(sq_norm.clamp_min_(_TINY).rsqrt_())[:, None])
 
-    def output_slices(self, hs: Tensor) -> Iterator[tuple[int, Tensor]]:
+    def output_slices(self, hs: Tensor, *, reuse: bool = False) -> Iterator[tuple[int, Tensor]]:
         """The output layer, ``hs @ W_outᵀ``, as ``(first_row, (s, chunk_size) float32)`` slices.
 
         The one place the decode's big GEMM runs, for training and reconstruction alike (which is
-        what keeps them bit-identical on one device). On CPU where torch has oneDNN: its float32
-        GEMM on slices of ~1 MiB of output, each small enough to stay in cache (and below malloc's
-        mmap threshold: no page faults) until the caller has used it; elsewhere one matmul.
-        Reconstruction uses true float32 products (``reconstruct`` disables TF32).
+        what keeps them bit-identical on one device). On CPU: this machine's GEMM kernel
+        (``_cpu_gemm``) on slices of ~1 MiB of output, each small enough to stay in cache until the
+        caller has used it; elsewhere one matmul. Reconstruction uses true float32 products.
+
+        Args:
+            reuse: the caller is done with each slice before it asks for the next: without
+                autograd, MKL then writes every slice into the same cache-resident buffer.
         """
-        if hs.device.type == "cpu" and _ONEDNN_LINEAR and hs.dtype == torch.float32:
+        if hs.device.type == "cpu" and _CPU_GEMM is not None and hs.dtype == torch.float32:
             step = max(16, (_SLICE_ELEMS // self.spec.chunk_size) // 16 * 16)
+            if _differentiable(hs):
+                for i in range(0, hs.shape[0], step):
+                    yield i, _OutputGemm.apply(hs[i : i + step], self.w_out, self.w_out_t)
+                return
+            # Without autograd, the kernel itself (the Function's bookkeeping costs ~30 us a call).
+            buf = torch.empty(min(step, hs.shape[0]), self.spec.chunk_size) if reuse and _CPU_GEMM == "mkl" else None
             for i in range(0, hs.shape[0], step):
-                yield i, _OutputGemm.apply(hs[i : i + step], self.w_out)
+                part = hs[i : i + step]
+                yield i, _gemm(part, self.w_out, self.w_out_t, None if buf is None else buf[: part.shape[0]])
         else:
             yield 0, hs @ self.w_out_t
 
