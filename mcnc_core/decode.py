@@ -37,10 +37,10 @@ _ROW_QUANTUM = 16
 
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
 
-try:  # streaming stores for float32 outputs (mcnc_core/_ntstore.c, built when a C compiler is there)
-    from mcnc_core import _ntstore
+try:  # streaming stores for float32 outputs (mcnc_core/_kernels.c, built when a C compiler is there)
+    from mcnc_core import _kernels
 except ImportError:  # pragma: no cover - a build without the extension copies with torch (same bits)
-    _ntstore = None  # type: ignore[assignment]
+    _kernels = None  # type: ignore[assignment]
 
 # Below this many values a slice is copied with torch (streaming stores pay off for memory-bound
 # writes; a small slice of a small tensor is written to cache and read again soon anyway).
@@ -51,14 +51,14 @@ def _store(dst: Tensor, src: Tensor) -> None:
     """``dst.copy_(src)`` for 1-d contiguous ``dst``/``src`` (same numel); float32 to float32 on CPU
     goes through streaming stores, which skip reading the destination (no bit changes: a copy)."""
     if (
-        _ntstore is not None
+        _kernels is not None
         and dst.dtype == torch.float32
         and src.dtype == torch.float32
         and dst.device.type == "cpu"
         and src.device.type == "cpu"
         and dst.numel() >= _NT_MIN_VALUES
     ):
-        _ntstore.copy(dst.data_ptr(), src.data_ptr(), dst.numel())
+        _kernels.copy(dst.data_ptr(), src.data_ptr(), dst.numel())
     else:
         dst.copy_(src)
 
@@ -295,15 +295,26 @@ def decode_tensor_into(
         if overlap == "partial":
             base_flat = base_flat.clone()
 
+    direct = base_flat is None and out.dtype == torch.float32 and out.device.type == "cpu"
+
     def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)
         hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
-        # The GEMM runs exactly as in training; each of its slices gets the base added and is
-        # copied (and cast) into ``out`` while it is still in cache. The padded last block's extra
+        # The native kernel writes the block's whole chunks straight into a float32 output (a full
+        # tensor: no base to add, nothing to cast).
+        first = 0
+        if direct and hi - lo >= d:
+            first = (hi - lo) // d
+            if not gen.output_into(hs[:first], flat[lo : lo + first * d].view(first, d)):
+                first = 0
+        if lo + first * d >= hi:
+            return
+        # Otherwise the GEMM runs exactly as in training; each of its slices gets the base added and
+        # is copied (and cast) into ``out`` while it is still in cache. The padded last block's extra
         # rows are dropped. A base aliasing ``out`` is read, slice by slice, before it is written.
-        for r0, part in gen.output_slices(hs, reuse=True):
-            a, b = lo + r0 * d, min(hi, lo + (r0 + part.shape[0]) * d)
+        for r0, part in gen.output_slices(hs[first:], reuse=True):
+            a, b = lo + (first + r0) * d, min(hi, lo + (first + r0 + part.shape[0]) * d)
             if a >= b:
                 break
             w = part.view(-1)[: b - a]

@@ -287,16 +287,28 @@ def _cpu_vendor() -> str:
     return ""
 
 
+try:  # the project's own kernels (mcnc_core/_kernels.c, built when a C compiler is there)
+    from mcnc_core import _kernels
+except ImportError:  # pragma: no cover - a build without it uses torch's GEMMs
+    _kernels = None  # type: ignore[assignment]
+
+
 def _cpu_gemm() -> str | None:
     """The output GEMM's kernel on this machine's CPU, fixed per machine: training and reconstruction
     must call the same one to get the same bits.
 
-    ``"mkl"`` (``torch.mm``) on Intel CPUs: as fast as oneDNN's there (211-227 GFLOP/s on one core of
+    ``"native"`` (``mcnc_core._kernels.gemm``) on CPUs with AVX-512F: each output element one
+    sequential fma chain over the hidden width, so its bits never depend on the block, slice or
+    thread; it writes straight into the output with streaming stores, with no copy after it
+    (decode 1.6 -> ~2 Gparam/s on the 2-core Xeon this project measures on, docs/benchmarks.md).
+    ``"mkl"`` (``torch.mm``) on other Intel CPUs: as fast as oneDNN's there (211-227 GFLOP/s on one core of
     the Xeon this project measures on) and it writes into a buffer it is given, so reconstruction
     reuses one cache-resident slice instead of allocating one per call (+25% decode speed, measured).
     ``"onednn"`` elsewhere: MKL's float32 GEMM is 2.1-2.5x slower than oneDNN's on AMD (Zen 5:
     84-99 vs 205-210 GFLOP/s). ``None``: neither, one plain matmul.
     """
+    if _kernels is not None and _kernels.gemm_available():
+        return "native"
     if _cpu_vendor() == "GenuineIntel":
         return "mkl"
     return "onednn" if _ONEDNN_LINEAR else None
@@ -313,8 +325,17 @@ def _differentiable(hs: Tensor) -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
 
 
-def _gemm(hs: Tensor, w_out: Tensor, w_out_t: Tensor, out: Tensor | None = None) -> Tensor:
-    """``hs @ W_outᵀ`` with this machine's CPU kernel (``_CPU_GEMM``); ``out`` only with MKL."""
+def _gemm(hs: Tensor, w_out: Tensor, w_out_t: Tensor, out: Tensor | None = None, *, stream: bool = False) -> Tensor:
+    """``hs @ W_outᵀ`` with this machine's CPU kernel (``_CPU_GEMM``); ``out`` (rows contiguous) with
+    the native kernel or MKL; ``stream``: the native kernel writes ``out`` with streaming stores."""
+    if _CPU_GEMM == "native":
+        hs = hs.contiguous()
+        if out is None:
+            out = torch.empty(hs.shape[0], w_out_t.shape[1])
+        assert out.stride(1) == 1 and out.shape == (hs.shape[0], w_out_t.shape[1]) and w_out_t.is_contiguous()
+        m, k = hs.shape
+        _kernels.gemm(hs.data_ptr(), w_out_t.data_ptr(), out.data_ptr(), m, k, out.shape[1], k, out.stride(0), stream)
+        return out
     if _CPU_GEMM == "mkl":
         return torch.mm(hs, w_out_t, out=out) if out is not None else torch.mm(hs, w_out_t)
     return torch.ops.mkldnn._linear_pointwise(hs, w_out, None, "none", [], "")
@@ -416,12 +437,22 @@ class Generator(nn.Module):
                     yield i, _OutputGemm.apply(hs[i : i + step], self.w_out, self.w_out_t)
                 return
             # Without autograd, the kernel itself (the Function's bookkeeping costs ~30 us a call).
-            buf = torch.empty(min(step, hs.shape[0]), self.spec.chunk_size) if reuse and _CPU_GEMM == "mkl" else None
+            reusable = reuse and _CPU_GEMM in ("native", "mkl")
+            buf = torch.empty(min(step, hs.shape[0]), self.spec.chunk_size) if reusable else None
             for i in range(0, hs.shape[0], step):
                 part = hs[i : i + step]
                 yield i, _gemm(part, self.w_out, self.w_out_t, None if buf is None else buf[: part.shape[0]])
         else:
             yield 0, hs @ self.w_out_t
+
+    def output_into(self, hs: Tensor, out: Tensor) -> bool:
+        """Write ``hs @ W_outᵀ`` straight into ``out`` (``(m, chunk_size)`` float32, rows contiguous)
+        with streaming stores, the same bits as ``output_slices``; only with the native kernel on
+        CPU (returns False, writing nothing, otherwise: use ``output_slices``)."""
+        if _CPU_GEMM != "native" or hs.device.type != "cpu" or hs.dtype != torch.float32 or _differentiable(hs):
+            return False
+        _gemm(hs, self.w_out, self.w_out_t, out, stream=True)
+        return True
 
     def output(self, hs: Tensor) -> Tensor:
         """``hs @ W_outᵀ``: ``(m, width) -> (m, chunk_size)`` float32, differentiable (``output_slices``)."""

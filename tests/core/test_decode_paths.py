@@ -234,3 +234,64 @@ def test_decode_workers_do_not_keep_the_last_output_alive() -> None:
     finally:
         torch.set_num_threads(previous)
     assert ref() is None, "a decode worker still references the output it wrote"
+
+
+def _gemm_kinds() -> list[str]:
+    from mcnc_core import generator
+
+    kinds = ["mkl"]  # torch.mm: always there
+    if generator._ONEDNN_LINEAR:
+        kinds.append("onednn")
+    if generator._kernels is not None and generator._kernels.gemm_available():
+        kinds.append("native")
+    return kinds
+
+
+@pytest.mark.parametrize("kind", _gemm_kinds())
+@pytest.mark.parametrize(("shape", "rank"), [((1000, 1000), 0), ((513, 1031), 0), ((700, 300), 8), ((300, 7), 0)])
+def test_every_cpu_gemm_kernel_keeps_training_and_reconstruction_equal(monkeypatch, kind, shape, rank) -> None:
+    """Each machine uses one output-GEMM kernel (native with AVX-512F, else MKL on Intel, else
+    oneDNN); whichever it is, training and reconstruction give the same bits at any thread count,
+    and the values are those of a float64 reference to float32 accuracy."""
+    from mcnc_core import generator
+
+    monkeypatch.setattr(generator, "_CPU_GEMM", kind)
+    gen = Generator(SPEC)
+    alpha, beta, factors = _codes(shape, rank, seed=7)
+    trained = decode_tensor(gen, alpha.clone().requires_grad_(), beta.clone().requires_grad_(), shape, factors)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torch.empty(shape)
+            decode_tensor_into(gen, alpha, beta, shape, factors, out)
+            assert torch.equal(trained.detach(), out), (kind, threads)
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.setattr(generator, "_CPU_GEMM", None)  # one plain float32 matmul: a different kernel
+    reference = decode_tensor(gen, alpha, beta, shape, factors)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_native_gemm_is_a_sequential_fma_chain() -> None:
+    """The native kernel's contract: every element ``fma``-accumulated over k in order, so it does
+    not depend on the tile, the row count or the output address (streaming or not)."""
+    from mcnc_core import generator
+
+    if generator._kernels is None or not generator._kernels.gemm_available():
+        pytest.skip("the native kernel is not built or this CPU has no AVX-512F")
+    k = generator._kernels
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(37, 19, generator=g), torch.randn(19, 131, generator=g)
+    ref = torch.zeros(37, 131, dtype=torch.float32)
+    for p in range(19):  # one rounding per step: float32 fma emulated in float64 is exact here
+        ref = (ref.double() + a[:, p : p + 1].double() * b[p : p + 1].double()).float()
+    for stream in (False, True):
+        out = torch.full((40, 160), float("nan"))  # wider rows: ldc > n, the padding stays untouched
+        k.gemm(a.data_ptr(), b.data_ptr(), out.data_ptr(), 37, 19, 131, 19, 160, stream)
+        assert torch.equal(out[:37, :131], ref) and out[:37, 131:].isnan().all() and out[37:].isnan().all()
+        one = torch.empty(1, 131)
+        k.gemm(a[5].contiguous().data_ptr(), b.data_ptr(), one.data_ptr(), 1, 19, 131, 19, 131, stream)
+        assert torch.equal(one[0], ref[5])
+    with pytest.raises(ValueError, match="lda"):
+        k.gemm(a.data_ptr(), b.data_ptr(), out.data_ptr(), 37, 19, 131, 5, 160, False)
