@@ -65,6 +65,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children's threads so far (0 when unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its direct children (nginx's workers)."""
+    try:
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+    except OSError:
+        kids = []
+    return _cpu_seconds(pid) + sum(_cpu_seconds(k) for k in kids)
+
+
 def wait_ready(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
     deadline = time.monotonic() + 120
     while True:
@@ -240,6 +258,25 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+def _redis_pid(url: str) -> int | None:
+    """The Redis server's pid when it runs on this machine (its CPU is part of tier 2's cost)."""
+    import redis
+
+    pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+    return pid if Path(f"/proc/{pid}/stat").exists() else None
+
+
+def environment() -> str:
+    """What ``mcnc serve`` runs with here: uvicorn picks uvloop and httptools when installed, redis-py hiredis."""
+    from importlib.util import find_spec
+
+    have = {m: find_spec(m) is not None for m in ("uvloop", "httptools", "hiredis")}
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} CPUs, load average {load}; uvicorn loop {'uvloop' if have['uvloop'] else 'asyncio'}, "
+            f"http {'httptools' if have['httptools'] else 'h11'}; redis-py parser "
+            f"{'hiredis' if have['hiredis'] else 'pure Python'}")  # fmt: skip
+
+
 def _metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
@@ -252,6 +289,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     print(f"# model: {n_params / 1e6:.1f}M params, bundle {len(data) / 1e6:.2f} MB "
           f"(built in {time.perf_counter() - t0:.1f}s)", flush=True)  # fmt: skip
     out: dict[str, object] = {"params": n_params, "clients": args.clients, "rounds": args.rounds}
+    out["environment"] = environment()
+    print(f"# {out['environment']}", flush=True)
     redis_url = args.redis if args.redis and _redis_answers(args.redis) else None
     if args.redis and redis_url is None:
         print(f"# redis tier: skipped (no Redis answers at {args.redis})")
@@ -296,6 +335,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 targets[name] = (port, "/weights.safetensors")
         del body, got
         rounds: dict[str, dict[str, list[float]]] = {str(c): {t: [] for t in targets} for c in args.clients}
+        pids = {"memory": mem.proc.pid, **({"redis": servers[1].proc.pid} if redis_url else {})}
+        if "nginx" in targets:
+            pids.update(nginx=servers[-1].proc.pid, nginx_nosendfile=servers[-1].proc.pid)
+        rpid = _redis_pid(redis_url) if redis_url else None
+        cpu: dict[str, list[list[float]]] = {t: [] for t in targets}  # [server, redis, client] ns per byte
         errors = 0
         names = list(targets)
         for r in range(args.rounds):
@@ -305,11 +349,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
                     port, path = targets[name]
+                    before = (tree_cpu(pids[name]), _cpu_seconds(rpid) if rpid else 0.0, time.process_time())
                     secs, n, err = load(port, path, c, per_client)
+                    after = (tree_cpu(pids[name]), _cpu_seconds(rpid) if rpid else 0.0, time.process_time())
+                    cpu[name].append([(b - a) / n * 1e9 for a, b in zip(before, after, strict=True)])
                     errors += err
                     rounds[str(c)][name].append(n / secs / 1e9)
             print(f"# round {r + 1}/{args.rounds} done", flush=True)
         out["gb_s"] = rounds
+        out["cpu_ns_per_byte"] = {t: [statistics.median(x[k] for x in v) for k in range(3)] for t, v in cpu.items()}
         out["errors"] = errors
         if redis_url:  # the redis server never reconstructed: every byte came from tier 2
             out["redis_server_reconstructions"] = _metric(
@@ -356,6 +404,10 @@ def report(out: dict[str, object]) -> None:
             worst = min(summary["nginx"][t].values())
             verdict = "met" if worst >= met[t] else "NOT met"
             print(f"target {t} >= {met[t]:.1f}x nginx: {verdict} (lowest median ratio {worst:.2f})")
+    print("\nCPU per body byte, ns (median over measurements; clock ticks of 10 ms, so rough):")
+    print(f"{'target':>18}{'server':>10}{'redis':>10}{'client':>10}")
+    for t, (srv, red, cli) in out["cpu_ns_per_byte"].items():  # type: ignore[attr-defined]
+        print(f"{t:>18}{srv:>10.2f}{red:>10.2f}{cli:>10.2f}")
     if "redis_server_reconstructions" in out:
         print(f"redis-tier server reconstructions: {out['redis_server_reconstructions']:.0f}")
 
