@@ -263,7 +263,10 @@ def _redis_pid(url: str) -> int | None:
     import redis
 
     pid = int(redis.Redis.from_url(url).info("server")["process_id"])
-    return pid if Path(f"/proc/{pid}/stat").exists() else None
+    try:  # the same pid on this machine may be another process when Redis runs elsewhere
+        return pid if "redis" in Path(f"/proc/{pid}/comm").read_text() else None
+    except OSError:
+        return None
 
 
 def environment() -> str:
