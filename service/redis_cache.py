@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ class RedisCache:
 
     RETRY_AFTER_S = 2.0
     FLIGHT_LEASE_S = 60.0  # a flight lock lives this long unless renewed (its holder may have died)
+    READ_AHEAD = 2  # chunks fetched and checked while one is sent: up to 3 chunks held per stream
 
     def __init__(self, url: str, *, budget: int, ttl: int, chunk_bytes: int, prefix: str, metrics: Metrics) -> None:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
@@ -192,32 +194,41 @@ class RedisCache:
         """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone, altered, or Redis fails.
 
         Every chunk is checked against the sha256 recorded when it was written before any of its
-        bytes leave (a corrupt entry is deleted). The next chunk is fetched while the current one
-        is being sent (one chunk of read-ahead).
+        bytes leave (a corrupt entry is deleted). Chunks are fetched and checked in the pool,
+        ``READ_AHEAD`` of them while the current one is sent, so GETs, hashing and the send overlap
+        on separate cores (each releases the GIL): hashing is the largest cost of this path
+        (docs/benchmarks.md, "Serving").
         """
         chunk = entry.chunk
         first, last = start // chunk, (end - 1) // chunk
-
-        def get(i: int) -> Any:
-            return self._call(lambda: self.client.get(self._k(key, str(i))))
-
-        pending: Future[Any] = self._pool.submit(get, first)
+        ahead: deque[Future[bytes]] = deque()
+        following = first  # the next chunk to submit
         pos = start
-        for i in range(first, last + 1):
-            data = pending.result()
-            if i < last:
-                pending = self._pool.submit(get, i + 1)
-            if not isinstance(data, bytes) or len(data) != min(chunk, entry.total - i * chunk):
-                raise RedisUnavailable(f"chunk {i} of {key} missing or truncated")
-            if hashlib.sha256(data).hexdigest() != entry.digests[i]:
-                self.metrics.redis_errors.inc()
-                log.error("tier-2 chunk %d of %s does not match its sha256; dropping the entry", i, key)
-                with contextlib.suppress(RedisUnavailable):
-                    self.delete(key)
-                raise RedisUnavailable(f"chunk {i} of {key} is corrupt")
-            lo, hi = pos - i * chunk, min(end - i * chunk, len(data))
-            yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
-            pos += hi - lo
+        try:
+            for i in range(first, last + 1):
+                while following <= last and len(ahead) <= self.READ_AHEAD:
+                    ahead.append(self._pool.submit(self._checked_chunk, key, entry, following))
+                    following += 1
+                data = ahead.popleft().result()
+                lo, hi = pos - i * chunk, min(end - i * chunk, len(data))
+                yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
+                pos += hi - lo
+        finally:
+            for f in ahead:  # the client went away or a chunk failed: fetch no further
+                f.cancel()
+
+    def _checked_chunk(self, key: str, entry: RedisEntry, i: int) -> bytes:
+        """Chunk ``i`` once its length and sha256 match the entry (runs in the pool)."""
+        data: Any = self._call(lambda: self.client.get(self._k(key, str(i))))
+        if not isinstance(data, bytes) or len(data) != min(entry.chunk, entry.total - i * entry.chunk):
+            raise RedisUnavailable(f"chunk {i} of {key} missing or truncated")
+        if hashlib.sha256(data).hexdigest() != entry.digests[i]:
+            self.metrics.redis_errors.inc()
+            log.error("tier-2 chunk %d of %s does not match its sha256; dropping the entry", i, key)
+            with contextlib.suppress(RedisUnavailable):
+                self.delete(key)
+            raise RedisUnavailable(f"chunk {i} of {key} is corrupt")
+        return data
 
     def writer(self, key: str, total: int) -> RedisWriter | None:
         """A writer for a new entry, after reserving its bytes (evicting LRU entries); None if it cannot fit."""

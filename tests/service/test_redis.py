@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service import Settings, create_app
 from service.metrics import Metrics
-from service.redis_cache import RedisCache
+from service.redis_cache import RedisCache, RedisUnavailable
 from tests.service._helpers import metric
 
 pytestmark = pytest.mark.redis
@@ -186,6 +186,32 @@ def test_an_altered_chunk_is_never_served(tmp_path, tiny, redis_url):
         assert again.status_code == 200 and again.content == full  # rebuilt from the altered chunk on
         assert metric(c, "mcnc_redis_errors_total") >= 1
         assert not list(r.scan_iter(match=prefix + "w:*:meta"))  # the corrupt entry is gone
+
+
+def test_read_ahead_serves_exact_ranges_and_stops_at_a_corrupt_chunk(redis_url):
+    url, prefix = redis_url
+    cache = RedisCache(url, budget=1 << 20, ttl=60, chunk_bytes=1024, prefix=prefix, metrics=Metrics())
+    data = bytes(range(256)) * 40  # 10240 bytes: 10 chunks, checked READ_AHEAD ahead of the one sent
+    writer = cache.writer("k", len(data))
+    assert writer is not None
+    writer.feed(data)
+    assert writer.commit(hashlib.sha256(data).hexdigest())
+    entry = cache.meta("k", len(data))
+    assert entry is not None and cache.READ_AHEAD >= 1
+    for start, end in [(0, len(data)), (1000, 1030), (5, 9000), (3071, 3073), (10239, 10240)]:
+        assert b"".join(cache.read("k", entry, start, end)) == data[start:end]
+    stream = cache.read("k", entry, 0, len(data))  # a client leaving mid-stream: nothing else happens
+    assert next(stream) == data[:1024]
+    stream.close()
+    redis.Redis.from_url(url).set(prefix + "w:k:6", bytes(1024))  # same length, other bytes
+    got = bytearray()
+    with pytest.raises(RedisUnavailable, match="chunk 6 of k is corrupt"):
+        for piece in cache.read("k", entry, 100, len(data)):
+            got += piece
+    assert got == data[100 : 6 * 1024]  # every byte before the altered chunk, none of it or after
+    assert cache.meta("k", len(data)) is None and not cache.has("k")  # the corrupt entry is gone
+    assert cache.metrics.registry.get_sample_value("mcnc_redis_errors_total") >= 1
+    cache.close()
 
 
 def test_a_dead_flight_lock_holder_delays_but_does_not_block(tmp_path, tiny, redis_url):
