@@ -362,9 +362,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         out["gb_s"] = rounds
         out["cpu_ns_per_byte"] = {t: [statistics.median(x[k] for x in v) for k in range(3)] for t, v in cpu.items()}
         out["errors"] = errors
-        if redis_url:  # the redis server never reconstructed: every byte came from tier 2
-            out["redis_server_reconstructions"] = _metric(
-                f"http://127.0.0.1:{servers[1].ports['mcnc']}", "mcnc_reconstructions_total"
+        if redis_url:  # the redis server never reconstructed weights: every byte came from tier 2
+            rurl = f"http://127.0.0.1:{servers[1].ports['mcnc']}"  # (its upload's fingerprint check aside)
+            out["redis_server_reconstructions"] = sum(
+                _metric(rurl, f'mcnc_reconstructions_total{{kind="{kind}"}}') for kind in ("full", "partial")
             )
     finally:
         for s in reversed(servers):
