@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from mcnc_core.recipe import param_groups
     from mcnc_core.reconstruct import iter_reconstruct, reconstruct, reconstruct_into
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Backend",
