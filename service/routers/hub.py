@@ -47,21 +47,23 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
         validate_name(repo_id)
     except InvalidRequestError as exc:
         raise RepoNotFoundError(f"no repository {repo_id!r}: {exc.message}") from exc
-    tags = store.meta.tags_named(repo_id)
-    if not tags:
+    # Point queries only: a name may carry any number of tags (issue 11 D9).
+    first = store.meta.tags_named(repo_id, limit=10)
+    if not first:
         raise RepoNotFoundError(f"no repository {repo_id!r}: push a bundle with POST /bundles?name={repo_id}")
     try:
         ref = parse_ref(revision)
     except InvalidRequestError:
         ref = None
-    by_tag = {t.tag: t for t in tags}  # a tag named "main" wins over the alias
-    found = by_tag.get(revision) or (by_tag.get(DEFAULT_TAG) if revision == HUB_DEFAULT_REVISION else None)
+    found = store.meta.get_tag(repo_id, revision) if len(revision) <= 128 else None  # a tag "main" wins
+    if found is None and revision == HUB_DEFAULT_REVISION:
+        found = store.meta.get_tag(repo_id, DEFAULT_TAG)
     if found is not None:
         digest = found.digest
-    elif ref is not None and ref.digest is not None and any(t.digest == ref.digest for t in tags):
+    elif ref is not None and ref.digest is not None and store.meta.tags_named(repo_id, limit=1, digest=ref.digest):
         digest = ref.digest
     else:
-        known = ", ".join(t.tag for t in tags[:10])
+        known = ", ".join(t.tag for t in first)
         raise RevisionNotFoundError(
             f"{repo_id!r} has no revision {revision!r} (tags: {known}; 'main' is {DEFAULT_TAG!r}; or a bundle digest)"
         )

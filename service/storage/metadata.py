@@ -175,12 +175,14 @@ class MetadataStore:
         with self._tx(write=False) as conn:
             return [TagRecord(**r._asdict()) for r in conn.execute(query)]
 
-    def tags_named(self, name: str) -> list[TagRecord]:
+    def tags_named(self, name: str, *, limit: int | None = None, digest: str | None = None) -> list[TagRecord]:
+        """The tags of ``name`` in tag order: at most ``limit``, only those pointing at ``digest`` if given."""
+        query = select(tags).where(tags.c.name == name)
+        if digest is not None:
+            query = query.where(tags.c.digest == digest)
+        query = query.order_by(tags.c.tag).limit(limit)
         with self._tx(write=False) as conn:
-            return [
-                TagRecord(**r._asdict())
-                for r in conn.execute(select(tags).where(tags.c.name == name).order_by(tags.c.tag))
-            ]
+            return [TagRecord(**r._asdict()) for r in conn.execute(query)]
 
     def list_tags(self, *, limit: int, offset: int, digest: str | None = None) -> tuple[list[TagRecord], int]:
         """One page of every name:tag, or of those pointing at ``digest`` (ordered by name, tag), and

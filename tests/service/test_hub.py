@@ -156,3 +156,28 @@ def test_hub_routes_need_the_read_scope(tmp_path, hub_env, case):
             snapshot(srv, hub_env, "t")
         folder = huggingface_hub.snapshot_download(repo_id="t", endpoint=srv.url, cache_dir=hub_env, token="reader")
         assert (Path(folder) / "adapter_model.safetensors").is_file()
+
+
+def test_revisions_resolve_by_point_queries_whatever_the_number_of_tags(live, case, monkeypatch):
+    """Issue 11 D9: a name's tags were all loaded to resolve one revision (200k tags: 27 MB per
+    answer); now a tag, "main" or a digest is one indexed lookup, and errors list ten tags."""
+    digest = push(live, case.bundle.to_bytes(), "many", "latest")
+    store = live.app.state.store
+    with store.meta._tx(write=True) as conn:  # tags straight into the store: uploads are not under test
+        for i in range(300):
+            store.meta._set_tag(conn, "many", f"t{i:04d}", digest)
+    seen: list[int | None] = []
+    real = store.meta.tags_named
+
+    def spy(name: str, **kw: object) -> object:
+        seen.append(kw.get("limit"))  # type: ignore[arg-type]
+        return real(name, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.meta, "tags_named", spy)
+    for revision in ("main", "t0299", f"sha256:{digest}", digest):
+        r = httpx.get(f"{live.url}/api/models/many/revision/{revision}", timeout=30)
+        assert r.status_code == 200, (revision, r.text)
+        assert r.json()["sha"] == digest
+    r = httpx.get(f"{live.url}/api/models/many/revision/nope", timeout=30)
+    assert r.status_code == 404 and r.text.count(", t0") <= 10
+    assert seen and None not in seen and max(seen) <= 10  # type: ignore[type-var]
