@@ -317,6 +317,14 @@ def _cpu_gemm() -> str | None:
 _CPU_GEMM = _cpu_gemm()
 
 
+def cpu_gemm_kernel() -> str:
+    """The output GEMM this process uses on CPU: ``native``, ``mkl``, ``onednn`` or ``matmul``.
+
+    Part of what decides a CPU reconstruction's last bits (servers put it in their numerics profile).
+    """
+    return _CPU_GEMM or "matmul"
+
+
 def _differentiable(hs: Tensor) -> bool:
     """Whether ``hs`` may carry a derivative: backward mode (grad enabled and it requires grad) or
     forward mode (a dual level is open; torch keeps that level in ``forward_ad._current_level``)."""

@@ -28,6 +28,7 @@ from torch import Tensor
 import mcnc_core
 from mcnc_core.backend import backend_for
 from mcnc_core.bundle import Bundle
+from mcnc_core.generator import cpu_gemm_kernel
 from mcnc_core.hostmem import OutputRecycler
 from mcnc_core.reconstruct import iter_reconstruct, output_dtype
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
@@ -75,12 +76,15 @@ def resolve_device(setting: str) -> torch.device:
 
 def numerics_profile(device: torch.device) -> str:
     """What decides the last bits of a reconstruction: device kind/name, on CPU the vector ISA torch
-    dispatches (its kernels, MKL's among them, differ by ISA), and the torch and mcnc versions."""
+    dispatches (its kernels, MKL's among them, differ by ISA) and the output GEMM's kernel
+    (``native`` where mcnc_core's own is built and the CPU has AVX-512F), and the torch and mcnc
+    versions."""
     mcnc = f"mcnc-{mcnc_core.__version__}"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"cuda/{name}/cuda-{torch.version.cuda}/torch-{torch.__version__}/{mcnc}"
-    return f"cpu/torch-{torch.__version__}/{torch.backends.cpu.get_cpu_capability()}/{mcnc}"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"cpu/torch-{torch.__version__}/{isa}/{cpu_gemm_kernel()}/{mcnc}"
 
 
 @dataclass(frozen=True)
