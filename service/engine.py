@@ -536,12 +536,11 @@ class Engine:
     def _reconstruct(
         self, bundle: Bundle, names: list[str] | None, dtype: str | None, *, kind: str, verify: bool = False
     ) -> Iterator[tuple[str, Tensor]]:
-        """``iter_reconstruct`` of ``names`` (None: all): a slot while computing, memory while held.
+        """``iter_reconstruct`` of ``names`` (None: all), holding a slot and memory only while computing.
 
-        Each tensor takes a reconstruction slot while it is computed (a consumer slow to send never
-        holds compute others wait for) and its working set from the memory budget until the consumer
-        asks for the next one (what a stream holds is what the budget counts: many slow readers wait
-        for memory instead of exhausting it). One stream holds one reservation at a time.
+        Each tensor takes a reconstruction slot and its working set from the memory budget, and gives
+        both back before it is yielded: a consumer slow to send (or a job's slow readers) never holds
+        compute or budget others wait for.
 
         Raises:
             TimeoutError: no slot or memory within ``load_timeout``.
@@ -585,9 +584,9 @@ class Engine:
                             item = next(tensors)
                         finally:
                             self._sem.release()
-                        yield item  # its memory stays reserved until the consumer asks for the next
                     finally:
                         self.memory_budget.release(need)
+                    yield item
             finally:
                 tensors.close()  # type: ignore[attr-defined]
                 decoded.close()  # type: ignore[attr-defined]
