@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(16, ge=1)  # beyond: 503 too_many_uploads + Retry-After
     staging_bytes: int = Field(4 << 30, ge=1)  # upload bytes staged on local disk at once; beyond: 507
     shutdown_timeout: float = Field(10.0, ge=0)  # on SIGTERM, requests still running are cut after this
+    # A response piece (up to 4 MiB) the client does not take within this is the end of its connection:
+    # a reader that stopped must not hold a reconstruction (or its memory) for good. 0 = never.
+    write_timeout: float = Field(120.0, ge=0)
     max_params: int = Field(10**10, ge=1)
     # Memory that reconstructions in flight may use together (None: half of what the process may use,
     # cgroup-aware, less the memory tier). A tensor needs 3x its float32 bytes while it is built and

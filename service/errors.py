@@ -86,6 +86,7 @@ __all__ = [
     "RevisionNotFoundError",
     "SchemaOutOfDateError",
     "ServiceError",
+    "StalledReaderError",
     "StagingFullError",
     "StorageUnavailableError",
     "StoreConfigError",
@@ -368,8 +369,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers)
 
 
+class StalledReaderError(Exception):
+    """A client stopped taking its response (``MCNC_WRITE_TIMEOUT``): the connection is ended; no
+    answer can follow a started response, and the middleware that raised it logged one line."""
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
+    if not isinstance(exc, StalledReaderError):
+        log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
 
 

@@ -14,16 +14,31 @@ upload routes also refuse the content types a page can send without a preflight
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings, is_loopback
-from service.errors import CrossOriginError, HostNotAllowedError, StagingFullError, TooManyUploadsError, error_response
+from service.errors import (
+    CrossOriginError,
+    HostNotAllowedError,
+    StagingFullError,
+    StalledReaderError,
+    TooManyUploadsError,
+    error_response,
+)
 
-__all__ = ["HostOriginMiddleware", "UploadBudget", "allowed_hosts"]
+__all__ = [
+    "HostOriginMiddleware",
+    "QuietStalledReaders",
+    "SendTimeoutMiddleware",
+    "UploadBudget",
+    "allowed_hosts",
+]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -162,3 +177,51 @@ class UploadSlot:
             )
         budget.staged += extra
         self.reserved = total
+
+
+log = logging.getLogger("mcnc.service")
+
+
+class SendTimeoutMiddleware:
+    """Pure ASGI: a response body piece the client does not take within ``timeout`` seconds ends the
+    request (``StalledReaderError``; uvicorn then closes the connection). Without it a client that
+    stops reading keeps its stream, and the reconstruction behind it, alive for as long as the socket
+    lives. The wait for a piece covers the socket's buffers, so the timeout implies a lowest rate
+    (4 MiB pieces in 120 s: ~35 KB/s); a client that slow resumes with ``Range``."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app, self.timeout = app, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.timeout <= 0:
+            await self.app(scope, receive, send)
+            return
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            with anyio.move_on_after(self.timeout) as scope_:
+                await send(message)
+            if scope_.cancelled_caught:
+                method, path = scope["method"], scope["path"]
+                log.info("%s %s: the client took no bytes for %ss; closing", method, path, self.timeout)
+                raise StalledReaderError(f"client stopped reading for {self.timeout}s")
+
+        await self.app(scope, receive, timed_send)
+
+
+class QuietStalledReaders(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" record for a ``StalledReaderError``: the
+    middleware logs one line for it instead of a traceback per stalled client."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc: BaseException | None = record.exc_info[1] if record.exc_info else None
+        for _ in range(16):  # through causes, contexts and exception groups (anyio task groups)
+            if exc is None:
+                break
+            if isinstance(exc, StalledReaderError):
+                return False
+            group = getattr(exc, "exceptions", None)
+            exc = exc.__cause__ or exc.__context__ or (group[0] if group else None)
+        return True

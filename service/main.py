@@ -18,7 +18,13 @@ from fastapi.staticfiles import StaticFiles
 import mcnc_core
 from service.config import Settings, get_settings, is_loopback
 from service.errors import ERROR_CODES, InsecureBindError, install_error_handlers
-from service.http_guard import HostOriginMiddleware, UploadBudget, allowed_hosts
+from service.http_guard import (
+    HostOriginMiddleware,
+    QuietStalledReaders,
+    SendTimeoutMiddleware,
+    UploadBudget,
+    allowed_hosts,
+)
 from service.lifespan import lifespan
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import RateLimiter
@@ -88,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.uploads = UploadBudget(settings.max_concurrent_uploads, settings.staging_bytes)
     install_error_handlers(app)
     app.include_router(api_router)
+    app.add_middleware(SendTimeoutMiddleware, timeout=settings.write_timeout)  # innermost: the routes' sends
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietStalledReaders) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(QuietStalledReaders())
     app.add_middleware(HostOriginMiddleware, hosts=allowed_hosts(settings))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts the refusals too
     _add_docs(app)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping
 
 import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from service.errors import RangeNotSatisfiableError
 
-__all__ = ["closing_stream", "etag_matches", "parse_range", "validate_request"]
+__all__ = ["ClosingStreamingResponse", "closing_stream", "etag_matches", "parse_range", "validate_request"]
 
 
 def parse_range(
@@ -105,3 +107,19 @@ async def closing_stream(gen: Iterator[bytes | memoryview]) -> AsyncIterator[byt
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(gen.close)  # type: ignore[attr-defined]
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that closes its body iterator however the response ends (the client
+    left, a send timed out, an error): Starlette leaves a half-consumed iterator to the garbage
+    collector, which may be much later (a logged traceback keeps it alive), and the iterator may hold
+    a reconstruction and its admission place (``closing_stream``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 import mcnc_core
 from service.config import Settings
@@ -27,7 +27,7 @@ from service.errors import (
     check_upload_type,
 )
 from service.http_guard import UploadBudget, UploadSlot
-from service.ranges import closing_stream, validate_request
+from service.ranges import ClosingStreamingResponse, closing_stream, validate_request
 from service.routers._openapi import DigestPath, RefPath, binary_body, binary_responses
 from service.schemas import BundlePublic, TagPublic
 from service.storage import (
@@ -227,7 +227,7 @@ def blob_response(
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     reader = open_range(start, end)
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         closing_stream(reader), status_code=status, headers=headers, media_type="application/octet-stream"
     )
 

@@ -6,12 +6,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 
 from service.deps import EngineDep, StoreDep, require
 from service.engine import Engine, Layout
 from service.errors import BaseMissingError, ModelNotFoundError
-from service.ranges import closing_stream, validate_request
+from service.ranges import ClosingStreamingResponse, closing_stream, validate_request
 from service.routers._openapi import RefPath, binary_responses
 from service.storage import Store, parse_ref
 
@@ -74,4 +73,4 @@ async def get_weights(
     if not engine.is_warm(lay, start, end):
         engine.admit()
     body = closing_stream(engine.stream(lay, start, end))
-    return StreamingResponse(body, status_code=status, headers=headers, media_type=media)
+    return ClosingStreamingResponse(body, status_code=status, headers=headers, media_type=media)

@@ -322,3 +322,44 @@ def test_tag_pages_are_bounded(client, params, status):
         assert error_code(r) == "invalid_request"
     else:
         assert r.json()["items"] == [] and r.json()["total"] == 0
+
+
+def test_a_reader_that_stops_reading_is_cut_and_frees_its_reconstruction(tmp_path, caplog):
+    """A client that sends a GET for weights and never reads kept its stream, the reconstruction
+    behind it and its admission place for as long as the socket lived (34 such clients and every
+    cold request answered 429). Now a body piece not taken within MCNC_WRITE_TIMEOUT ends it."""
+    import logging
+    import socket
+
+    from torch import nn
+
+    import mcnc_core as m
+
+    torch_net = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])  # 50 MB of float32 weights
+    m.compress(torch_net, m.MCNCConfig(chunk_size=1024, k=4, width=16))
+    data = m.export_bundle(torch_net).to_bytes()
+    settings = Settings(data_dir=tmp_path, write_timeout=1.0)
+    with LiveServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.post("/bundles", params={"name": "big"}, content=data).status_code == 201
+        engine = srv.app.state.engine
+        port = int(srv.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            # A range (not the whole body): the stream rebuilds its tensors itself, no shared job.
+            sock.sendall(b"GET /models/big/weights HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=1-\r\n\r\n")
+            time.sleep(0.5)
+            assert engine._pending == 1  # reconstructing for a client that reads nothing
+            with caplog.at_level(logging.INFO, logger="mcnc.service"):
+                deadline = time.monotonic() + 15
+                while engine._pending and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            assert engine._pending == 0, "the stalled stream still holds its reconstruction"
+            sock.settimeout(5)
+            received = 0
+            try:  # the server closed the connection: what is buffered, then EOF (or a reset)
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except (ConnectionResetError, TimeoutError):
+                pass
+            assert received < 50_000_000
+        assert "took no bytes" in caplog.text
+        assert c.get("/models/big/weights").status_code == 200  # others are served as before
