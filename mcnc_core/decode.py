@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mcnc_core.generator import Generator
+from mcnc_core.generator import Generator, _kernels  # _kernels: None without the extension
 
 __all__ = ["block_chunks", "decode_factors", "decode_tensor", "decode_tensor_into"]
 
@@ -36,11 +36,6 @@ _ROW_QUANTUM = 16
 
 
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
-
-try:  # streaming stores for float32 outputs (mcnc_core/_kernels.c, built when a C compiler is there)
-    from mcnc_core import _kernels
-except ImportError:  # pragma: no cover - a build without the extension copies with torch (same bits)
-    _kernels = None  # type: ignore[assignment]
 
 # Below this many values a slice is copied with torch (streaming stores pay off for memory-bound
 # writes; a small slice of a small tensor is written to cache and read again soon anyway).

@@ -270,7 +270,11 @@ class Engine:
             self.redis.drop_digest(digest)
 
     def layout(self, digest: str, dtype: str) -> Layout:
-        """The response layout for ``(digest, dtype)`` on this server's numerics profile (memoised)."""
+        """The response layout for ``(digest, dtype)`` on this server's numerics profile (memoised).
+
+        Raises:
+            InsufficientMemoryError: a tensor of the bundle is over the reconstruction memory budget.
+        """
         memo_key = (digest, dtype, self.profile)
         with self._lock:
             cached = self._layouts.get(memo_key)
@@ -285,6 +289,7 @@ class Engine:
 
     def _layout(self, digest: str, dtype: str) -> Layout:
         b = self.bundle(digest)
+        self.check_fits(b)  # once per layout (memoised): a stored tensor over the budget is a 507
         tdtype = DTYPES[dtype]
         tensors = [(e.name, TORCH_TO_DTYPE[output_dtype(e, tdtype)], e.shape) for e in b.manifest]
         meta = {"format": "pt", "bundle_sha256": digest, "mcnc_numerics": self.profile}
@@ -356,14 +361,16 @@ class Engine:
             return
         with self._lock:
             lock = self._verify_locks.setdefault(digest, threading.Lock())
-        with lock:
-            rec = self.store.meta.get_bundle(digest)
-            if rec is None or rec.verified_at is not None:
-                return
-            self.verify(self.bundle(digest))
-            self.store.meta.mark_verified(digest, time.time())
-        with self._lock:
-            self._verify_locks.pop(digest, None)
+        try:
+            with lock:
+                rec = self.store.meta.get_bundle(digest)
+                if rec is None or rec.verified_at is not None:
+                    return
+                self.verify(self.bundle(digest))
+                self.store.meta.mark_verified(digest, time.time())
+        finally:  # also when it failed: a refused bundle must not leave its lock behind
+            with self._lock:
+                self._verify_locks.pop(digest, None)
 
     # admission
     def is_warm(self, lay: Layout, start: int, end: int) -> bool:

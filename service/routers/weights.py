@@ -29,12 +29,11 @@ def _layout(store: Store, engine: Engine, ref: str, dtype: str) -> tuple[Layout,
             "does not hold: register it with POST /bases (client.push_base(state_dict)), or reconstruct where the "
             "base is (client.load(ref, base=state_dict)); its PEFT adapter needs no base (docs/service.md)"
         )
-    # Before any status line: a tensor over the memory budget is a 507, and a bundle not yet checked
-    # against its fingerprint is checked in full (a 422 if it fails): nothing failing it is served.
-    engine.check_fits(engine.bundle(digest))
+    # Before any status line: a bundle not yet checked against its fingerprint is checked in full (a
+    # 422 if it fails: nothing failing it is served), and a tensor over the memory budget is a 507.
     if rec.verified_at is None:
-        engine.ensure_verified(digest)
-    lay = engine.layout(digest, dtype)
+        engine.ensure_verified(digest)  # InsufficientMemoryError first when it cannot fit
+    lay = engine.layout(digest, dtype)  # InsufficientMemoryError
     return lay, parsed.digest is not None, engine.weights_digest(lay)
 
 
