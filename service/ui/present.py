@@ -30,9 +30,9 @@ def human_bytes(n: int | None) -> str:
 
 
 def saving(full: int, stored: int) -> str:
-    """``"123×"``: how many times smaller the stored bytes are than the full weights."""
+    """``"123\u00d7"`` (times sign): how many times smaller the stored bytes are than the full weights."""
     ratio = full / max(stored, 1)
-    return f"{ratio:.3g}×" if ratio < 1000 else f"{ratio:,.0f}×"
+    return f"{ratio:.3g}\u00d7" if ratio < 1000 else f"{ratio:,.0f}\u00d7"
 
 
 def timestamp(ts: float | None) -> str:

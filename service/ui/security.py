@@ -35,6 +35,7 @@ __all__ = [
     "page_headers",
     "safe_next",
     "scopes_of",
+    "set_csrf",
     "tokens_required",
     "viewer",
 ]
@@ -87,13 +88,15 @@ def viewer(request: Request) -> bool:
     return not tokens_required(request) or bool(scopes and scopes & _READ)
 
 
-def new_csrf(response: Response, request: Request) -> str:
-    """A fresh double-submit value, set as a cookie on ``response``; the form carries it too."""
-    value = secrets.token_urlsafe(32)
+def new_csrf() -> str:
+    """A fresh double-submit value: the form carries it, ``set_csrf`` puts it in a cookie."""
+    return secrets.token_urlsafe(32)
+
+
+def set_csrf(response: Response, request: Request, value: str) -> None:
     response.set_cookie(
         CSRF_COOKIE, value, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/ui/"
     )
-    return value
 
 
 def csrf_matches(request: Request, submitted: str | None) -> bool:
