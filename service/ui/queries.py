@@ -184,7 +184,7 @@ def list_orgs(meta: MetadataStore, *, limit: int = 500) -> list[str]:
         org = func.split_part(tags.c.name, "/", 1)
     else:
         org = func.substr(tags.c.name, 1, func.instr(tags.c.name, "/") - 1)
-    query = select(distinct(org).label("org")).where(tags.c.name.like("%/%")).order_by("org").limit(limit)
+    query = select(org.label("org")).distinct().where(tags.c.name.like("%/%")).order_by("org").limit(limit)
     with _read(meta) as conn:
         return [r[0] for r in conn.execute(query)]
 
