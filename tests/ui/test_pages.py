@@ -12,6 +12,7 @@ from service.ui.security import CSP
 from tests.ui.conftest import HOSTILE, PAGED, Registry, Watched, screenshot
 
 pytestmark = pytest.mark.e2e
+TIMES = "\u00d7"  # the saving column's sign
 
 
 def _rows(page: object) -> list[str]:
@@ -32,11 +33,11 @@ def test_list_shows_models_sizes_and_savings(watched: Watched, registry: Registr
     row = page.locator("tr", has=page.locator("a.model", has_text="acme/llama-lora"))
     cells = row.locator("td").all_inner_texts()
     assert cells[1] == "v1" and cells[2] == "delta on tiny-llama"
-    assert re.fullmatch(r"[0-9.,]+×", cells[5]) and float(cells[5].rstrip("×").replace(",", "")) > 1
+    assert re.fullmatch(r"[0-9.,]+\u00d7", cells[5]) and float(cells[5].rstrip(TIMES).replace(",", "")) > 1
     mlp = page.locator("tr", has=page.locator("a.model", has_text="acme/mlp")).first.locator("td").all_inner_texts()
     assert mlp[1] == "v2" and mlp[2] == "full" and "(2 tags)" in mlp[0]
     assert page.locator("svg[role=img] rect.bar").count() == 2  # the server-wide picture
-    assert "×" in page.locator("#server-saving").inner_text()
+    assert TIMES in page.locator("#server-saving").inner_text()
     screenshot(page, "models")
     _only_this_server(watched, registry)
 
@@ -55,7 +56,7 @@ def test_search_org_sort_and_pagination(watched: Watched, registry: Registry) ->
     page.goto(registry.url + "/?sort=name&limit=4")
     first = _rows(page)
     assert len(first) == 4 and first == sorted(first)
-    assert page.locator("#page-info").inner_text().startswith("1–4 of 10")
+    assert page.locator("#page-info").inner_text().startswith("1\u20134 of 10")
     seen = list(first)
     while page.locator("a[rel=next]").count():
         page.click("a[rel=next]")
