@@ -179,6 +179,7 @@ def model_page(request: Request, name: str, tag: Annotated[str | None, Query(max
         base_registered=base is not None,
         base_name=rec.base_name,
         rank=summary.rank if summary else None,
+        main_tag=queries.head_tag(store.meta, name),
     )
     if delta and not adapter:
         snippets = [s for s in snippets if s.key in ("pull", "load")]

@@ -49,13 +49,15 @@ def model_snippets(
     base_registered: bool,
     base_name: str | None,
     rank: int | None,
+    main_tag: str | None = None,
 ) -> list[Snippet]:
     """The snippets for ``name:tag`` on the server at ``endpoint`` (no trailing slash).
 
     Full-mode bundles, and deltas whose base is registered here, get weights (``mcnc pull`` to a
     safetensors file, ``client.load``); deltas get their PEFT adapter (``mcnc pull --format peft``,
     ``snapshot_download``, ``PeftModel``, vLLM, LoRAX). A delta without its base here loads in
-    Python with ``base=`` the reader's copy.
+    Python with ``base=`` the reader's copy. vLLM and LoRAX take a repo id without a revision:
+    they serve ``main_tag`` (what ``main`` resolves to), which their titles say.
     """
     ref, slug, url = f"{name}:{tag}", _slug(name), shlex.quote(endpoint)
     delta = mode == "delta"
@@ -87,6 +89,7 @@ def model_snippets(
     adapter_dir = shlex.quote(f"{slug}-adapter/")
     snapshot = f"path = snapshot_download(repo_id={_py(name)}, revision={_py(tag)}, endpoint={_py(endpoint)})\n"
     base_label = base_name or "the base model"
+    main = f"{name}:{main_tag or tag}"
     lora_rank = _lora_rank(rank or 1)
     hub_base = shlex.quote(base_name) if base_name else "BASE_MODEL_ID"
     out += [
@@ -114,14 +117,14 @@ def model_snippets(
         ),
         Snippet(
             "vllm",
-            "Serve it with vLLM (the name's main revision)",
+            f"Serve it with vLLM (serves {main}, the name's main revision)",
             "console",
             f"HF_ENDPOINT={url} vllm serve {hub_base} --enable-lora --max-lora-rank {lora_rank} "
             f"--lora-modules {shlex.quote(slug)}={shlex.quote(name)}",
         ),
         Snippet(
             "lorax",
-            "Serve it with LoRAX (the name's main revision)",
+            f"Serve it with LoRAX (serves {main})",
             "console",
             f"HF_ENDPOINT={url} lorax-launcher --model-id {hub_base}\n"
             f"# then request with: {json.dumps({'adapter_id': name, 'adapter_source': 'hub'})}",

@@ -63,6 +63,9 @@ def fill(url: str, **headers: str) -> Registry:
     _push(url, _bundle(ft), "team/mlp-ft", "v1", **headers)
     lora = lora_delta()
     _push(url, lora.bundle.to_bytes(), "acme/llama-lora", "v1", **headers)
+    # vLLM and LoRAX fetch `main`: the tag named main, else the most recent push (this one; and
+    # `latest`, the default tag, where the server still maps main to it)
+    _push(url, lora.bundle.to_bytes(), "acme/llama-lora", "latest", **headers)
     for name in PAGED:
         _push(url, full_bytes, name, "latest", **headers)
     return Registry(url, full_bytes, lora, r.json()["digest"], base)

@@ -32,7 +32,7 @@ def test_list_shows_models_sizes_and_savings(watched: Watched, registry: Registr
     assert {"acme/mlp", "team/mlp-ft", "acme/llama-lora", *PAGED} == set(names)
     row = page.locator("tr", has=page.locator("a.model", has_text="acme/llama-lora"))
     cells = row.locator("td").all_inner_texts()
-    assert cells[1] == "v1" and cells[2] == "delta on tiny-llama"
+    assert cells[1] == "latest" and cells[2] == "delta on tiny-llama"
     assert re.fullmatch(r"[0-9.,]+\u00d7", cells[5]) and float(cells[5].rstrip(TIMES).replace(",", "")) > 1
     mlp = page.locator("tr", has=page.locator("a.model", has_text="acme/mlp")).first.locator("td").all_inner_texts()
     assert mlp[1] == "v2" and mlp[2] == "full" and "(2 tags)" in mlp[0]
@@ -82,7 +82,7 @@ def test_model_page_shows_config_tags_files_and_hostile_metadata_as_text(watched
         assert httpx.head(registry.url + href, timeout=60).status_code == 200, href
     assert "No model card" in page.locator("#card").inner_text()
     screenshot(page, "model-full")
-    page.goto(registry.url + "/ui/models/acme/llama-lora")
+    page.goto(registry.url + "/ui/models/acme/llama-lora?tag=v1")
     assert "rank\t8" in page.locator("#config").inner_text()
     assert "not registered on this server" in page.locator("#lineage").inner_text()
     assert page.locator("#snippets pre").count() == 6  # load, pull-peft, snapshot, peft, vllm, lorax
