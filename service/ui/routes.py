@@ -43,10 +43,12 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     return security.page_headers(HTMLResponse(html, status_code=status))  # type: ignore[return-value]
 
 
-def _login(request: Request, *, status: int = 401, problem: str | None = None) -> HTMLResponse:
-    """The token form (the page asked for stays the form's ``next``), with its CSRF cookie."""
+def _login(
+    request: Request, *, status: int = 401, problem: str | None = None, target: str | None = None
+) -> HTMLResponse:
+    """The token form (the page asked for, or ``target``, stays the form's ``next``), with its CSRF cookie."""
     csrf = security.new_csrf()
-    nxt = security.safe_next(_here(request)) if request.method == "GET" else "/"
+    nxt = security.safe_next(target or _here(request))
     response = _page(request, "token.html", status=status, problem=problem, next=nxt, csrf=csrf)
     security.set_csrf(response, request, csrf)
     return response
@@ -243,13 +245,14 @@ async def give_token(request: Request) -> Response:
     form = await _form(request)
     target = security.safe_next(form.get("next"))
     if not security.csrf_matches(request, form.get("csrf")):
-        return _login(request, status=403, problem="the form expired or came from another page: try again")
+        problem = "the form expired or came from another page: try again"
+        return _login(request, status=403, problem=problem, target=target)
     token = form.get("token", "").strip()
     scopes = security.scopes_of(request, token) if token else None
     if scopes is None:
-        return _login(request, problem="unknown token")
+        return _login(request, problem="unknown token", target=target)
     if not scopes & {"read", "write", "admin"}:
-        return _login(request, status=403, problem="this token has no read scope")
+        return _login(request, status=403, problem="this token has no read scope", target=target)
     response = RedirectResponse(target, status_code=303)
     security.keep_token(response, request, token)
     return security.page_headers(response)
