@@ -13,7 +13,7 @@ from dataclasses import dataclass
 __all__ = ["LINKS", "Bar", "TransferChart", "duration", "human_bytes", "saving", "timestamp", "transfer_chart"]
 
 LINKS = (("100 Mbit/s", 100e6), ("1 Gbit/s", 1e9))
-BAR_WIDTH = 360  # px of the longest bar
+BAR_WIDTH = 300  # px of the longest bar
 MIN_BAR = 2  # px: a bar never vanishes, however small next to the other
 
 
@@ -45,11 +45,11 @@ def timestamp(ts: float | None) -> str:
 def duration(seconds: float) -> str:
     """A short duration: ``"40 µs"``, ``"3.2 ms"``, ``"2.5 s"``, ``"4 min 10 s"``, ``"2 h 5 min"``."""
     if seconds < 1e-3:
-        return f"{seconds * 1e6:.2g} µs"
+        return f"{seconds * 1e6:.3g} µs"
     if seconds < 1:
-        return f"{seconds * 1e3:.2g} ms"
+        return f"{seconds * 1e3:.3g} ms"
     if seconds < 60:
-        return f"{seconds:.2g} s"
+        return f"{seconds:.3g} s"
     if seconds < 3600:
         return f"{int(seconds // 60)} min {int(seconds % 60)} s"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
