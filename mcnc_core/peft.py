@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from mcnc_core.backend import exact_float32
 from mcnc_core.bundle import Bundle
 from mcnc_core.compress import get_state
-from mcnc_core.decode import decode_factors
+from mcnc_core.decode import decode_factors_as
 from mcnc_core.errors import ExportError
 from mcnc_core.generator import Generator
 from mcnc_core.manifest import TensorEntry
@@ -87,12 +87,15 @@ def _lora_entry(bundle: Bundle, name: str) -> TensorEntry:
     return e
 
 
-def _factors(bundle: Bundle, e: TensorEntry, gen: Generator) -> tuple[Tensor, Tensor]:
-    # decode_factors cuts the decode into the blocks reconstruction uses: the same bits it combines.
+def _factors(
+    bundle: Bundle, e: TensorEntry, gen: Generator, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    # decode_factors_as cuts the decode into the blocks reconstruction uses: the same bits it combines
+    # (rounded to ``dtype`` as ``.to(dtype)`` would, inside the output kernel).
     dev = gen.w_out_t.device
     sl = slice(e.chunk_offset, e.chunk_offset + e.chunks)
     with torch.no_grad(), exact_float32():
-        a, b = decode_factors(gen, bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev), e.factors())
+        a, b = decode_factors_as(gen, bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev), e.factors(), dtype)
     return a, b  # (rows, r), (r, cols)
 
 
@@ -247,7 +250,7 @@ def peft_adapter_files(
         _lora_entry(bundle, e.name)
         module = _module_path(e.name)
         gen = gen or Generator(bundle.spec).to(device)
-        a, b = _factors(bundle, e, gen)  # (rows, r), (r, cols)
+        a, b = _factors(bundle, e, gen, dtype)  # (rows, r), (r, cols), already in ``dtype``
         key = _PREFIX + module
         if module in embeddings:
             tensors[key + ".lora_embedding_A"], tensors[key + ".lora_embedding_B"] = a.T, b.T
