@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mcnc_core.backend import Backend, CPUBackend, CUDABackend, backend_for
-    from mcnc_core.bundle import Bundle, ReadLimits, export_bundle, load_bundle, save_bundle
+    from mcnc_core.bundle import Bundle, ReadLimits, export_bundle, load_bundle, peak_decode_bytes, save_bundle
     from mcnc_core.compress import base_state_dict, compress, materialize
     from mcnc_core.config import MCNCConfig
     from mcnc_core.errors import (
@@ -82,6 +82,7 @@ __all__ = [
     "load_bundle",
     "materialize",
     "param_groups",
+    "peak_decode_bytes",
     "peft_adapter_files",
     "reconstruct",
     "reconstruct_into",
@@ -127,6 +128,7 @@ _LAZY = {
     "load_bundle": "mcnc_core.bundle",
     "materialize": "mcnc_core.compress",
     "param_groups": "mcnc_core.recipe",
+    "peak_decode_bytes": "mcnc_core.bundle",
     "peft_adapter_files": "mcnc_core.peft",
     "reconstruct": "mcnc_core.reconstruct",
     "reconstruct_into": "mcnc_core.reconstruct",

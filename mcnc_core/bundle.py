@@ -42,7 +42,14 @@ from mcnc_core.generator import (
     generator_sha256,
     verified_generator_sha256,
 )
-from mcnc_core.manifest import FLOAT_DTYPES, BaseRef, TensorEntry, manifest_from_json, manifest_to_json
+from mcnc_core.manifest import (
+    FLOAT_DTYPES,
+    BaseRef,
+    TensorEntry,
+    decode_bytes,
+    manifest_from_json,
+    manifest_to_json,
+)
 from mcnc_core.safetensors_io import (
     DTYPE_TO_TORCH,
     ITEMSIZE,
@@ -60,6 +67,7 @@ __all__ = [
     "ReadLimits",
     "export_bundle",
     "load_bundle",
+    "peak_decode_bytes",
     "save_bundle",
 ]
 
@@ -94,6 +102,9 @@ class ReadLimits:
             paper's largest generators hold ~1.1M).
         max_generator_macs: multiply-adds of the generator's Gram matrix, ``width² · chunk_size``
             (default 2**33: a few seconds on one core; width 1024 with chunk_size 8192).
+        max_factor_params: numbers the decode of any single tensor generates, ``(rows + cols) ·
+            rank`` for low-rank factors (``numel`` at rank 0); ``None``: ``max_tensor_params``. A
+            tiny tensor at a huge rank would otherwise decode gigabytes of factors.
     """
 
     max_bytes: int = 2 << 30
@@ -103,6 +114,7 @@ class ReadLimits:
     max_tensors: int = 1_000_000
     max_generator_numel: int = 2**24
     max_generator_macs: int = 2**33
+    max_factor_params: int | None = None
 
 
 @dataclass(eq=False)
@@ -216,6 +228,19 @@ class Bundle:
         return bundle
 
 
+def peak_decode_bytes(bundle: Bundle, dtype: Any = None) -> int:
+    """Bytes the decode of the bundle's largest tensor allocates (``manifest.decode_bytes``): what
+    ``iter_reconstruct`` needs at once besides the tensors its consumer still holds.
+
+    Args:
+        bundle: the bundle (its manifest, chunk size and mode are read; nothing is decoded).
+        dtype: the output dtype asked for (``torch.dtype``, safetensors code, or ``None``).
+    """
+    delta = bundle.base is not None
+    chunk = bundle.spec.chunk_size
+    return max((decode_bytes(e, dtype, chunk_size=chunk, delta=delta) for e in bundle.manifest), default=0)
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
@@ -297,6 +322,7 @@ def _parse_metadata(
         chunk_size=spec.chunk_size,
         max_params=limits.max_params,
         max_tensor_params=limits.max_tensor_params,
+        max_factor_params=limits.max_factor_params,
     )
     if mode == "delta":
         if "base" not in meta:
