@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service import ui
 from service.routers import bases, bundles, health, hub, models, weights
 
 __all__ = ["api_router"]
@@ -13,3 +14,4 @@ api_router = APIRouter()
 # "/resolve/" segment is a reserved word in names), and /models/{ref}/weights before /models/{ref}.
 for _module in (hub, health, bundles, weights, models, bases):
     api_router.include_router(_module.router)
+api_router.include_router(ui.router)  # the web pages: `/` and `/ui/...` (service/ui)
