@@ -82,8 +82,8 @@ def test_snapshot_download_of_a_delta_without_its_base_loads_in_peft(live, hub_e
     assert case.bundle.base.sha256 in r.json()["error"]["message"] and "POST /bases" in r.json()["error"]["message"]
 
 
-def test_main_is_the_default_tag_and_digests_are_revisions(live, hub_env, case):
-    digest = push(live, case.bundle.to_bytes(), "tiny")  # tag "latest"
+def test_main_after_a_push_without_a_tag_and_digests_are_revisions(live, hub_env, case):
+    digest = push(live, case.bundle.to_bytes(), "tiny")  # tag "latest", the only one: main
     assert snapshot(live, hub_env, "tiny").name == digest  # revision None: "main"
     info = huggingface_hub.HfApi(endpoint=live.url, token=False).model_info("tiny", revision=f"sha256:{digest}")
     assert info.sha == digest and sorted(s.rfilename for s in info.siblings) == [
@@ -205,3 +205,22 @@ def test_hub_routes_answer_errors_in_the_hubs_form_and_other_routes_keep_the_env
         r = c.get("/bundles/acme/nothing:v1")
         assert r.status_code == 404 and set(r.json()["error"]) == {"code", "message", "request_id"}
         assert "x-error-message" not in r.headers
+
+
+def test_main_follows_pushes_unless_the_name_has_a_tag_main(live, hub_env, case):
+    """README's ``mcnc push ... --tag v1`` then vLLM / LoRAX (revision ``main``): main is the tag
+    pushed last; a tag literally named ``main`` is an explicit default that pushes do not move."""
+    api = huggingface_hub.HfApi(endpoint=live.url, token=False)
+    first = push(live, case.bundle.to_bytes(), "acme/follow", "v1")  # no "latest", no "main"
+    info = api.model_info("acme/follow")  # revision None: main
+    assert info.sha == first and info.downloads == 0 and info.likes == 0 and "peft" in info.tags
+    assert snapshot(live, hub_env, "acme/follow").name == first
+    second = push(live, lora_delta(seed=1).bundle.to_bytes(), "acme/follow", "v2")
+    assert second != first and api.model_info("acme/follow", revision="main").sha == second
+    push(live, case.bundle.to_bytes(), "acme/follow", "v1")  # re-pointing an older tag moves main too
+    assert api.model_info("acme/follow").sha == first
+    push(live, lora_delta(seed=1).bundle.to_bytes(), "acme/follow", "main")  # an explicit default
+    push(live, case.bundle.to_bytes(), "acme/follow", "v3")
+    assert api.model_info("acme/follow").sha == second and api.model_info("acme/follow", revision="v3").sha == first
+    r = httpx.get(f"{live.url}/acme/follow/resolve/main/adapter_config.json", timeout=30)
+    assert r.headers["x-repo-commit"] == second and r.headers["cache-control"] == "no-cache"  # a branch moves
