@@ -39,14 +39,18 @@
         └── SchemaOutOfDateError         older (or newer) than this server: run ``mcnc db upgrade``
 
 Every response body is ``{"error": {"code", "message", "request_id"}}`` and ``X-Error-Code``
-repeats the code, except for the three Hub-route errors marked above: there ``X-Error-Code``
-carries the Hugging Face Hub's name, from which ``huggingface_hub`` picks its exception class;
-``X-Error-Message`` repeats the message for it too.
+repeats the code, except on the Hub routes (``/api/models...`` and ``/{repo}/resolve/...``), which
+answer as the Hugging Face Hub does, since every ``huggingface_hub`` release parses that form (0.23
+and 0.25 fail with ``TypeError`` / ``AttributeError`` on an object under ``"error"``): the body is
+``{"error": "<message>"}``, ``X-Error-Message`` repeats the message, ``X-Request-Id`` carries the
+request id, and ``X-Error-Code`` is the Hub's name for the three errors marked above (from which
+``huggingface_hub`` picks its exception class), the service's code otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -95,7 +99,9 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "check_upload_type",
     "error_response",
+    "hub_error_response",
     "install_error_handlers",
+    "is_hub_path",
 ]
 
 log = logging.getLogger("mcnc.service")
@@ -324,22 +330,49 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Error-Code": code})
 
 
-async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+# The Hub routes (service/routers/hub.py): "/api/models" and below, and anything with a "resolve"
+# segment, which no name may contain (the routers send such paths to the Hub's file route first).
+_HUB_PATH = re.compile(r"^/api/models(/|$)|/resolve/")
+
+
+def is_hub_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Hub-compatible routes, whose errors take the Hub's form."""
+    return _HUB_PATH.search(path) is not None
+
+
+def hub_error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The Hub's error form: ``{"error": "<message>"}``, ``X-Error-Code`` (``code``), ``X-Error-Message``."""
+    # A header value is one latin-1 line: newlines and other characters are replaced, the body keeps them.
+    header_message = " ".join(message.split()).encode("ascii", "replace").decode()
+    extra = {"X-Error-Code": code, "X-Error-Message": header_message, "X-Request-Id": uuid.uuid4().hex}
+    return JSONResponse({"error": message}, status_code=status, headers={**(headers or {}), **extra})
+
+
+def _respond(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    hub_code: str | None = None,
+) -> JSONResponse:
+    if is_hub_path(request.url.path):
+        return hub_error_response(status, hub_code or code, message, headers)
+    return error_response(status, code, message, headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    response = error_response(exc.status, exc.code, exc.message, exc.headers)
-    if exc.hub_code is not None:
-        response.headers["X-Error-Code"] = exc.hub_code
-        response.headers["X-Error-Message"] = exc.message.encode("ascii", "replace").decode()
-    return response
+    return _respond(request, exc.status, exc.code, exc.message, exc.headers, exc.hub_code)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+    return _respond(request, 422, "invalid_request", "; ".join(parts) or "invalid request")
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -366,7 +399,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         allowed = _allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
         headers["Allow"] = ", ".join(allowed)
         message = f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
-    return error_response(exc.status_code, code, message, headers)
+    return _respond(request, exc.status_code, code, message, headers)
 
 
 class StalledReaderError(Exception):
@@ -374,14 +407,15 @@ class StalledReaderError(Exception):
     answer can follow a started response, and the middleware that raised it logged one line."""
 
 
-async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StalledReaderError):
         log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
+    return _respond(request, 500, "internal_error", f"internal error ({type(exc).__name__})")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every error (ours, validation, routing 404/405, unexpected) through the envelope."""
+    """Route every error (ours, validation, routing 404/405, unexpected) through the envelope (the
+    Hub's form on the Hub routes)."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

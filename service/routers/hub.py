@@ -5,8 +5,12 @@
 ``GET /api/models/{repo}/revision/{rev}`` (``sha``, ``siblings``), ``GET /api/models/{repo}/tree/{sha}``
 (files with ``size`` and ``oid``), then ``HEAD`` and ``GET /{repo}/resolve/{sha}/{file}``
 (``X-Repo-Commit``, ``ETag``, ``Content-Length``). A repo is a model name (``name`` or
-``org/name``); a revision is a tag, ``main`` (the name's default tag), or a bundle digest the
-name points at; the commit ``sha`` is the bundle digest. Files are the bundle's PEFT export.
+``org/name``); a revision is a tag, ``main``, or a bundle digest the name points at; the commit
+``sha`` is the bundle digest. Files are the bundle's PEFT export.
+
+``main`` follows pushes, as a Hub branch does: it is the name's tag literally called ``main`` if
+there is one (an explicit default), else the tag pushed (or moved) last, so ``mcnc push --tag v1``
+is what vLLM's and LoRAX's default revision fetches.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from service.errors import (
     RevisionNotFoundError,
 )
 from service.ranges import validate_request
-from service.storage import DEFAULT_TAG, Store, TagRecord, parse_ref, validate_name
+from service.storage import Store, TagRecord, parse_ref, validate_name
 
 __all__ = ["HUB_DEFAULT_REVISION", "resolve_revision", "router"]
 
 router = APIRouter(tags=["hub"])
-HUB_DEFAULT_REVISION = "main"  # huggingface_hub's default; resolves to the name's DEFAULT_TAG
+HUB_DEFAULT_REVISION = "main"  # huggingface_hub's default: the tag "main", else the name's newest tag
 _READ = [Depends(require("read"))]
 
 
@@ -57,7 +61,7 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
         ref = None
     found = store.meta.get_tag(repo_id, revision) if len(revision) <= 128 else None  # a tag "main" wins
     if found is None and revision == HUB_DEFAULT_REVISION:
-        found = store.meta.get_tag(repo_id, DEFAULT_TAG)
+        found = store.meta.newest_tag(repo_id)  # the last push moves main (the name has a tag: checked above)
     if found is not None:
         digest = found.digest
     elif ref is not None and ref.digest is not None and store.meta.tags_named(repo_id, limit=1, digest=ref.digest):
@@ -65,7 +69,7 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
     else:
         known = ", ".join(t.tag for t in first)
         raise RevisionNotFoundError(
-            f"{repo_id!r} has no revision {revision!r} (tags: {known}; 'main' is {DEFAULT_TAG!r}; or a bundle digest)"
+            f"{repo_id!r} has no revision {revision!r} (tags: {known}; main: the tag pushed last; or a digest)"
         )
     rec = store.meta.get_bundle(digest)
     if rec is None:  # pragma: no cover - a tag always points at a stored bundle (foreign key)
@@ -93,16 +97,24 @@ def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: st
     files = adapters.files(digest)
     rec = store.meta.get_bundle(digest)
     assert rec is not None
+    tags = ["peft", "lora", "mcnc"]
+    # Every key a huggingface_hub release reads without a default is present: 0.23.x's (LoRAX pins
+    # ^0.23.2) ModelInfo.__init__ does kwargs.pop("id" / "private" / "downloads" / "likes" / "tags").
     return {
         "_id": digest,
         "id": repo_id,
         "modelId": repo_id,
+        "author": repo_id.split("/", 1)[0] if "/" in repo_id else None,
         "sha": digest,
         "private": False,
         "disabled": False,
         "gated": False,
+        "downloads": 0,  # not counted
+        "likes": 0,
         "library_name": "peft",
-        "tags": ["peft", "lora", "mcnc"],
+        "pipeline_tag": None,  # the adapter's task is not recorded in the bundle
+        "tags": tags,
+        "cardData": {"library_name": "peft", "tags": tags},
         "createdAt": _iso(rec.created_at),
         "lastModified": _iso(tag.updated_at if tag else rec.created_at),
         "siblings": [{"rfilename": f.name, "size": len(f.data), "blobId": f.oid} for f in files.values()],
@@ -121,7 +133,7 @@ def list_tree(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDe
 # After the two routes above: "{repo_id:path}" would match their paths too.
 @router.get("/api/models/{repo_id:path}", dependencies=_READ)
 def model_info_main(repo_id: str, store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
-    """Hub model info of ``repo_id`` at ``main`` (its default tag)."""
+    """Hub model info of ``repo_id`` at ``main`` (its tag ``main``, else its newest tag)."""
     return _model_info(store, adapters, repo_id, HUB_DEFAULT_REVISION)
 
 

@@ -184,6 +184,16 @@ class MetadataStore:
         with self._tx(write=False) as conn:
             return [TagRecord(**r._asdict()) for r in conn.execute(query)]
 
+    def newest_tag(self, name: str) -> TagRecord | None:
+        """The tag of ``name`` moved last (greatest ``updated_at``; of equal times the greatest tag), or None.
+
+        One query over the name's rows (the primary key's ``name`` prefix), not a load of its tags.
+        """
+        query = select(tags).where(tags.c.name == name).order_by(tags.c.updated_at.desc(), tags.c.tag.desc()).limit(1)
+        with self._tx(write=False) as conn:
+            row = conn.execute(query).first()
+        return TagRecord(**row._asdict()) if row else None
+
     def list_tags(self, *, limit: int, offset: int, digest: str | None = None) -> tuple[list[TagRecord], int]:
         """One page of every name:tag, or of those pointing at ``digest`` (ordered by name, tag), and
         their total count, read together (LIMIT/OFFSET and COUNT in SQL: a bundle may have many tags)."""

@@ -82,8 +82,8 @@ def test_snapshot_download_of_a_delta_without_its_base_loads_in_peft(live, hub_e
     assert case.bundle.base.sha256 in r.json()["error"]["message"] and "POST /bases" in r.json()["error"]["message"]
 
 
-def test_main_is_the_default_tag_and_digests_are_revisions(live, hub_env, case):
-    digest = push(live, case.bundle.to_bytes(), "tiny")  # tag "latest"
+def test_main_after_a_push_without_a_tag_and_digests_are_revisions(live, hub_env, case):
+    digest = push(live, case.bundle.to_bytes(), "tiny")  # tag "latest", the only one: main
     assert snapshot(live, hub_env, "tiny").name == digest  # revision None: "main"
     info = huggingface_hub.HfApi(endpoint=live.url, token=False).model_info("tiny", revision=f"sha256:{digest}")
     assert info.sha == digest and sorted(s.rfilename for s in info.siblings) == [
@@ -111,8 +111,8 @@ def test_hub_errors_map_to_huggingface_hub_exceptions(live, hub_env, case, tiny)
         )
     push(live, tiny.data, "full-model")
     r = httpx.get(f"{live.url}/api/models/full-model/revision/main", timeout=30)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_adapter"
-    assert "full-mode model, not an adapter" in r.json()["error"]["message"]
+    assert r.status_code == 422 and r.headers["x-error-code"] == "not_an_adapter"
+    assert "full-mode model, not an adapter" in r.json()["error"]  # the Hub's form: the message itself
     with pytest.raises(LocalEntryNotFoundError, match="not an adapter"):
         snapshot(live, hub_env, "full-model")
 
@@ -120,8 +120,8 @@ def test_hub_errors_map_to_huggingface_hub_exceptions(live, hub_env, case, tiny)
 def test_rank0_delta_is_not_an_adapter(live, hub_env, delta):
     push(live, delta.data, "rank0")
     r = httpx.get(f"{live.url}/api/models/rank0/tree/main", timeout=30)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_adapter"
-    assert "(rank 0), not low-rank factors" in r.json()["error"]["message"]
+    assert r.status_code == 422 and r.headers["x-error-code"] == "not_an_adapter"
+    assert "(rank 0), not low-rank factors" in r.json()["error"]
 
 
 def test_files_have_strong_etags_304_ranges_and_are_exported_once(live, case):
@@ -183,3 +183,46 @@ def test_revisions_resolve_by_point_queries_whatever_the_number_of_tags(live, ca
     r = httpx.get(f"{live.url}/api/models/many/revision/nope", timeout=30)
     assert r.status_code == 404 and r.text.count(", t0") <= 10
     assert seen and None not in seen and max(seen) <= 10  # type: ignore[type-var]
+
+
+def test_hub_routes_answer_errors_in_the_hubs_form_and_other_routes_keep_the_envelope(live, case):
+    """huggingface_hub 0.23 / 0.25 read ``body["error"]`` as a string (an object there raised
+    TypeError / AttributeError instead of their own exceptions): the Hub routes answer as the Hub does."""
+    push(live, case.bundle.to_bytes(), "acme/tiny-lora", "v1")
+    cases = [
+        ("GET", "/api/models/acme/nothing", "RepoNotFound", "no repository 'acme/nothing'"),
+        ("GET", "/api/models/acme/tiny-lora/revision/v9", "RevisionNotFound", "has no revision 'v9'"),
+        ("GET", "/api/models/acme/tiny-lora/tree/v9", "RevisionNotFound", "has no revision 'v9'"),
+        ("HEAD", "/acme/tiny-lora/resolve/v1/README.md", "EntryNotFound", "has no file 'README.md'"),
+        ("GET", "/acme/tiny-lora/resolve/v1/README.md", "EntryNotFound", "has no file 'README.md'"),
+        ("POST", "/api/models/acme/tiny-lora/revision/v1", "method_not_allowed", "POST is not allowed"),
+    ]
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        for method, path, code, text in cases:
+            r = c.request(method, path)
+            assert r.headers["x-error-code"] == code, (method, path, r.headers)
+            assert text in r.headers["x-error-message"] and r.headers["x-request-id"], (method, path)
+            if method != "HEAD":
+                assert r.json() == {"error": r.json()["error"]} and text in r.json()["error"], (path, r.text)
+        r = c.get("/bundles/acme/nothing:v1")
+        assert r.status_code == 404 and set(r.json()["error"]) == {"code", "message", "request_id"}
+        assert "x-error-message" not in r.headers
+
+
+def test_main_follows_pushes_unless_the_name_has_a_tag_main(live, hub_env, case):
+    """README's ``mcnc push ... --tag v1`` then vLLM / LoRAX (revision ``main``): main is the tag
+    pushed last; a tag literally named ``main`` is an explicit default that pushes do not move."""
+    api = huggingface_hub.HfApi(endpoint=live.url, token=False)
+    first = push(live, case.bundle.to_bytes(), "acme/follow", "v1")  # no "latest", no "main"
+    info = api.model_info("acme/follow")  # revision None: main
+    assert info.sha == first and info.downloads == 0 and info.likes == 0 and "peft" in info.tags
+    assert snapshot(live, hub_env, "acme/follow").name == first
+    second = push(live, lora_delta(seed=1).bundle.to_bytes(), "acme/follow", "v2")
+    assert second != first and api.model_info("acme/follow", revision="main").sha == second
+    push(live, case.bundle.to_bytes(), "acme/follow", "v1")  # re-pointing an older tag moves main too
+    assert api.model_info("acme/follow").sha == first
+    push(live, lora_delta(seed=1).bundle.to_bytes(), "acme/follow", "main")  # an explicit default
+    push(live, case.bundle.to_bytes(), "acme/follow", "v3")
+    assert api.model_info("acme/follow").sha == second and api.model_info("acme/follow", revision="v3").sha == first
+    r = httpx.get(f"{live.url}/acme/follow/resolve/main/adapter_config.json", timeout=30)
+    assert r.headers["x-repo-commit"] == second and r.headers["cache-control"] == "no-cache"  # a branch moves
