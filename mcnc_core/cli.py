@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True, type=_budget, help="stored numbers of the bundle (1638, 10k)")
     p.add_argument("-o", "--output", required=True, help="the .mcnc bundle to write")
     p.add_argument("--steps", type=int, default=500, help="distillation steps (default 500)")
-    p.add_argument("--lr", type=float, help="code learning rate (default: the recipe's for --steps)")
+    p.add_argument("--lr", type=float, help="code learning rate (default: the recipe's delta-mode rate)")
     p.add_argument("--loss", choices=["auto", "kl", "mse"], default="auto")
     p.add_argument("--k", type=int, default=8, help="code dimension (lowered only if the budget needs it)")
     p.add_argument("--rank", type=int, default=0, help="rank of the factors (default: the adapter's)")

@@ -200,7 +200,7 @@ def convert_peft(
             (its ``modules_to_save``), ``min_numel=1``, and ``rank`` to the adapter's rank when
             ``config.rank`` is 0. ``None``: ``MCNCConfig()``'s defaults.
         steps: Adam steps of distillation (cosine decay, 5 % warm-up).
-        lr: code learning rate; ``None``: ``param_groups(model, total_steps=steps)``'s choice.
+        lr: code learning rate; ``None``: ``param_groups``' recommended delta-mode rate.
         loss: ``"kl"`` (KL from the teacher's to the student's softmax over the last dim, per
             position), ``"mse"`` (mean squared difference of the outputs) or ``"auto"``: ``"kl"``
             when the model's output has ``logits``, else ``"mse"``.
