@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from mcnc_core.bundle import Bundle, ReadLimits, load_bundle, peak_decode_bytes, save_bundle
     from mcnc_core.compress import base_state_dict, compress, materialize
     from mcnc_core.config import MCNCConfig
+    from mcnc_core.convert import convert_peft
     from mcnc_core.errors import (
+        AdapterError,
         BaseMismatchError,
         BundleError,
         BundleFormatError,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 __version__ = "0.3.0"
 
 __all__ = [
+    "AdapterError",
     "Backend",
     "BaseMismatchError",
     "Bundle",
@@ -77,6 +80,7 @@ __all__ = [
     "base_state_dict",
     "check_vllm",
     "compress",
+    "convert_peft",
     "export_bundle",
     "export_peft",
     "iter_reconstruct",
@@ -93,6 +97,7 @@ __all__ = [
 
 # public name -> the module that defines it (what the TYPE_CHECKING imports above say)
 _LAZY = {
+    "AdapterError": "mcnc_core.errors",
     "Backend": "mcnc_core.backend",
     "CPUBackend": "mcnc_core.backend",
     "CUDABackend": "mcnc_core.backend",
@@ -123,6 +128,7 @@ _LAZY = {
     "base_state_dict": "mcnc_core.compress",
     "check_vllm": "mcnc_core.peft",
     "compress": "mcnc_core.compress",
+    "convert_peft": "mcnc_core.convert",
     "export_bundle": "mcnc_core.export",
     "export_peft": "mcnc_core.peft",
     "iter_reconstruct": "mcnc_core.reconstruct",

@@ -1,4 +1,4 @@
-"""The ``mcnc`` command: core subcommands (``inspect``, ``verify``) plus those that installed
+"""The ``mcnc`` command: core subcommands (``inspect``, ``verify``, ``convert``) plus those that installed
 packages register under the entry-point group ``mcnc.commands`` (``serve``, ``push``, ``pull`` ...).
 
 Building the parser imports neither torch nor FastAPI: ``mcnc --help``, ``--version`` and the
@@ -150,6 +150,54 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _budget(text: str) -> int:
+    """``"1638"``, ``"10k"``, ``"2.5k"``, ``"1m"`` -> stored numbers."""
+    t = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"budget must be a number of stored numbers (1638, 10k), got {text!r}"
+        ) from None
+    if not 1 <= value < 2**63 or value != int(value):
+        raise argparse.ArgumentTypeError(f"budget must be a positive whole number, got {text!r}")
+    return int(value)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from mcnc_core import MCNCConfig, save_bundle
+    from mcnc_core.convert import CONVERT_METADATA_KEY, convert_peft
+    from mcnc_core.convert_io import load_base, load_tokenizer, read_inputs
+    from mcnc_core.peft_reader import read_adapter_config
+
+    adapter_config = read_adapter_config(args.adapter_dir)  # refuse DoRA, bias ... before loading the base
+    torch.manual_seed(args.seed)
+    base = load_base(args.base, config=args.config, task_type=adapter_config.get("task_type"))
+    tokenizer = load_tokenizer(args.tokenizer or args.base)
+    batches = read_inputs(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    config = MCNCConfig(mode="delta", k=args.k, rank=args.rank, seed=args.seed, init_seed=args.seed,
+                        base_name=args.base_name)  # fmt: skip
+    bundle = convert_peft(base, args.adapter_dir, batches, config, steps=args.steps, lr=args.lr, loss=args.loss,
+                          budget=args.budget, warm_start=args.warm_start,
+                          progress=False if args.no_progress else None)  # fmt: skip
+    size = save_bundle(bundle, args.output)
+    info = json.loads(bundle.metadata[CONVERT_METADATA_KEY])
+    result = {"output": args.output, "bytes": size, "stored_numbers": bundle.stored_numbers,
+              "k": bundle.config.k, "chunk_size": bundle.config.chunk_size, "rank": bundle.config.rank,
+              "base_sha256": bundle.base.sha256 if bundle.base else None, **info}  # fmt: skip
+    cfg = bundle.config
+    text = (
+        f"wrote {args.output}: {bundle.stored_numbers:,} stored numbers (adapter: {info['adapter_numbers']:,}), "
+        f"k={cfg.k} chunk_size={cfg.chunk_size} rank={cfg.rank}; "
+        f"{info['loss']} gap {info['gap_start']:.4g} -> {info['gap_end']:.4g}; {info['seconds']:.1f} s"
+    )
+    print(to_json(result) if args.json else text)
+    return EXIT_OK
+
+
 def _version() -> str:
     from mcnc_core import __version__  # the one source of the version (pyproject reads it too)
 
@@ -190,6 +238,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="machine-readable output (strict JSON)")
     p.set_defaults(func=_verify)
+    p = sub.add_parser(
+        "convert",
+        help="distil a PEFT LoRA adapter into a delta bundle of a stored-number budget",
+        description="Train a delta bundle of BASE to reproduce BASE + the PEFT LoRA adapter on unlabeled inputs "
+        "(logit KL for language models, output MSE otherwise). BASE is read from local files only and not "
+        "changed; the bundle references it by digest.",
+        epilog="examples:\n  mcnc convert lora/ --base llama/ --data prompts.txt --budget 10k -o lora.mcnc\n"
+        "  mcnc convert lora/ --base base.safetensors --config config.json --data ids.safetensors --budget 1638 "
+        "-o lora.mcnc",
+        formatter_class=raw,
+    )
+    p.add_argument(
+        "adapter_dir", help="a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)"
+    )
+    p.add_argument("--base", required=True, help="a from_pretrained directory, or a safetensors file with --config")
+    p.add_argument("--config", help="config.json of the model when --base is a safetensors file")
+    p.add_argument("--tokenizer", help="a tokenizer directory for text --data (default: the --base directory)")
+    p.add_argument("--data", required=True, help="unlabeled inputs: text (one example a line) or a safetensors "
+                   "file of input_ids [+ attention_mask]")  # fmt: skip
+    p.add_argument("--budget", required=True, type=_budget, help="stored numbers of the bundle (1638, 10k)")
+    p.add_argument("-o", "--output", required=True, help="the .mcnc bundle to write")
+    p.add_argument("--steps", type=int, default=500, help="distillation steps (default 500)")
+    p.add_argument("--lr", type=float, help="code learning rate (default: the recipe's delta-mode rate)")
+    p.add_argument("--loss", choices=["auto", "kl", "mse"], default="auto")
+    p.add_argument("--k", type=int, default=8, help="code dimension (lowered only if the budget needs it)")
+    p.add_argument("--rank", type=int, default=0, help="rank of the factors (default: the adapter's)")
+    p.add_argument("--warm-start", type=int, default=0, help="steps fitting the codes to the adapter's weights first")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text example (truncated)")
+    p.add_argument("--seed", type=int, default=0, help="generator and code seed")
+    p.add_argument("--base-name", help="a human name for the base, recorded in the bundle")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="machine-readable output (strict JSON)")
+    p.set_defaults(func=_convert)
     for ep in sorted(entry_points(group="mcnc.commands"), key=lambda e: e.name):
         ep.load()(sub)
     return parser

@@ -8,6 +8,7 @@
     ├── BaseMismatchError (ValueError)      delta bundle: base missing, incomplete or wrong digest
     ├── FingerprintMismatchError            reconstructed weights do not match the bundle
     ├── ExportError (ValueError)            a delta bundle (or tensor) has no exact PEFT LoRA form
+    ├── AdapterError (ValueError)           a PEFT adapter cannot be converted (DoRA, bias, layer kind, files)
     ├── DeviceUnavailableError (RuntimeError) the device asked for is not on this machine
     ├── RefError (ValueError)               a model reference (name, name:tag, digest) is malformed
     └── BundleError (ValueError)            a bundle file or object is unusable
@@ -28,6 +29,7 @@ Every message names the offending value; nothing here is raised for programming 
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "BaseMismatchError",
     "BundleError",
     "BundleFormatError",
@@ -111,6 +113,11 @@ class GeneratorMismatchError(BundleError):
 
 class ExportError(MCNCError, ValueError):
     """A bundle (or one of its tensors) has no exact PEFT LoRA form; the message names it and the fix."""
+
+
+class AdapterError(MCNCError, ValueError):
+    """A PEFT adapter cannot be converted exactly as described: DoRA, trained biases, a module kind
+    the converter does not support, malformed or pickled files; the message names it."""
 
 
 class DeviceUnavailableError(MCNCError, RuntimeError):
