@@ -95,3 +95,42 @@ def test_n12_tensor_and_base_names_must_be_module_paths(delta, bad):
     assert b.base is not None
     with pytest.raises(m.ExportError, match="base name"):
         peft_adapter_files(dataclasses.replace(b, base=BaseRef(f"../{bad}", b.base.sha256)))
+
+
+def test_n5_a_stream_racing_a_delete_is_not_cut(tmp_path, tiny):
+    """The stream reloaded the bundle from the store mid-stream: a delete after its 200 cut it. Now the
+    route's parsed bundle serves the whole response."""
+    with TestClient(create_app(Settings(data_dir=tmp_path, memory_cache_bytes=0))) as c:
+        digest = c.post("/bundles", content=tiny.data, headers=OCTET).json()["id"]
+        want = c.get(f"/models/sha256:{digest}/weights").content
+        catalog, engine = c.app.state.catalog, c.app.state.engine  # type: ignore[attr-defined]
+        bundle = catalog.bundle(digest)
+        lay = engine.layout(digest, bundle, "native")
+        stream = engine.stream(lay, bundle, 0, lay.total)
+        got = [bytes(next(stream))]  # the header: the status line is out
+        catalog.delete(digest, force=True)
+        got += [bytes(p) for p in stream]
+        assert b"".join(got) == want
+        assert c.get(f"/bundles/sha256:{digest}").status_code == 404
+
+
+@pytest.mark.redis
+def test_n4_a_killed_lease_holder_is_replaced_within_seconds(tmp_path, tiny, redis_url):
+    """A peer waited ~61 s when the holder of the reconstruction lock was killed (60 s lease). The lease
+    is now FLIGHT_LEASE_S (3 s), renewed only by a live holder making progress."""
+    import time
+
+    from service.redis_cache import RedisCache
+
+    url, prefix = redis_url
+    settings = Settings(data_dir=tmp_path, redis_url=url, redis_prefix=prefix, memory_cache_bytes=0)
+    with TestClient(create_app(settings)) as c:
+        digest = c.post("/bundles", params={"name": "m"}, content=tiny.data, headers=OCTET).json()["id"]
+        engine = c.app.state.engine  # type: ignore[attr-defined]
+        key = engine.layout(digest, c.app.state.catalog.bundle(digest), "native").key  # type: ignore[attr-defined]
+        assert engine.redis.claim(key) is not None  # a server that took the lease, then was killed
+        t0 = time.monotonic()
+        r = c.get("/models/m/weights")
+        waited = time.monotonic() - t0
+        assert r.status_code == 200
+        assert RedisCache.FLIGHT_LEASE_S - 0.5 < waited < RedisCache.FLIGHT_LEASE_S + 5, waited
