@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -130,7 +131,32 @@ def _recorded_kinds(bundle: Bundle) -> tuple[list[str], list[str]]:
     return [str(p) for p in conv1d], [str(p) for p in embeddings]
 
 
+_BASE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
+
+
+def _check_path(name: str) -> None:
+    """A tensor name PEFT can key: dot-separated identifiers or indices (no ``/``, ``..``, control characters)."""
+    if not all(_SEGMENT.fullmatch(seg) for seg in name.split(".")):
+        raise ExportError(
+            f"tensor name {name!r} is not a module path (dot-separated identifiers or indices, e.g. "
+            "'model.layers.0.q_proj.weight'): PEFT adapters key tensors by module path; rename it"
+        )
+
+
+def _put(out: dict[str, Tensor], key: str, value: Tensor) -> None:
+    """Add one adapter tensor; an exported key is never written twice (a raw tensor named like a LoRA
+    factor would silently replace it)."""
+    if key in out:
+        raise ExportError(
+            f"adapter key {key!r} would be written twice (a raw tensor named like an exported LoRA factor, "
+            "or two tensors mapping to one key): rename the raw tensor"
+        )
+    out[key] = value
+
+
 def _module_path(name: str) -> str:
+    _check_path(name)
     module, _, param = name.rpartition(".")
     if param != "weight" or not module:
         raise ExportError(
@@ -223,12 +249,14 @@ def peft_adapter_files(
         a, b = _factors(bundle, e, gen, dtype)  # (rows, r), (r, cols), already in ``dtype``
         key = _PREFIX + module
         if module in embeddings:
-            tensors[key + ".lora_embedding_A"], tensors[key + ".lora_embedding_B"] = a.T, b.T
+            _put(tensors, key + ".lora_embedding_A", a.T)
+            _put(tensors, key + ".lora_embedding_B", b.T)
         elif fan_in_fan_out and len(e.shape) == 2:  # Conv1D: weight (in, out) = A @ B
-            tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = a.T, b.T
+            _put(tensors, key + ".lora_A.weight", a.T)
+            _put(tensors, key + ".lora_B.weight", b.T)
         else:  # Linear, or ConvNd: lora_A is a conv of the target's kernel, lora_B a 1x1 conv
-            lora_b = a.reshape(e.shape[0], e.rank, *[1] * (len(e.shape) - 2))
-            tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = b.reshape(e.rank, *e.shape[1:]), lora_b
+            _put(tensors, key + ".lora_A.weight", b.reshape(e.rank, *e.shape[1:]))
+            _put(tensors, key + ".lora_B.weight", a.reshape(e.shape[0], e.rank, *[1] * (len(e.shape) - 2)))
         ranks[module] = e.rank
     unknown = sorted(set(embeddings) - set(ranks))
     if unknown:
@@ -238,13 +266,20 @@ def peft_adapter_files(
     for module in saved:
         for e in bundle.manifest:
             if e.name.startswith(module + "."):
-                out[_PREFIX + e.name] = bundle.raw[e.name].contiguous()
+                _check_path(e.name)
+                _put(out, _PREFIX + e.name, bundle.raw[e.name].contiguous())
     r = max(ranks.values())
     pattern = {m: k for m, k in sorted(ranks.items()) if k != r}
     assert bundle.base is not None  # _lora_entry refused full mode
+    base_name = base_model_name_or_path or bundle.base.name
+    if base_name is not None and not _BASE_NAME.fullmatch(base_name):
+        raise ExportError(
+            f"base name {base_name!r} is not a model id (org/name of letters, digits, '.', '_', '-'): "
+            "pass base_model_name_or_path"
+        )
     config: dict[str, Any] = {
         "alpha_pattern": pattern,
-        "base_model_name_or_path": base_model_name_or_path or bundle.base.name,
+        "base_model_name_or_path": base_name,
         "bias": "none",
         "fan_in_fan_out": fan_in_fan_out,
         "inference_mode": True,
