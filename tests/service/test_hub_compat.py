@@ -24,6 +24,7 @@ import torch
 
 import mcnc_core as m
 from service import Settings
+from service.hub_commits import commit_id
 from tests._adapters import LoraDelta, lora_delta
 from tests._live import LiveServer
 
@@ -99,7 +100,7 @@ def push(live: LiveServer, data: bytes, name: str, tag: str) -> str:
 
 def test_lorax_call_sequence_on_huggingface_hub_0_23_5(hub_python, live, case, tmp_path):
     python = hub_python("0.23.5")
-    digest = push(live, case.bundle.to_bytes(), "acme/lorax-lora", "v1")  # --tag v1 only: main must follow it
+    digest = commit_id(push(live, case.bundle.to_bytes(), "acme/lorax-lora", "v1"))  # --tag v1 only: main follows
     out = replay(python, live, tmp_path / "hf", "lorax", "acme/lorax-lora")
     assert out["version"] == "0.23.5" and out["sha"] == digest and (out["downloads"], out["likes"]) == (0, 0)
     assert out["weights"] == ["adapter_model.safetensors"] and out["weights_commit"] == digest
