@@ -5,8 +5,9 @@
 ``GET /api/models/{repo}/revision/{rev}`` (``sha``, ``siblings``), ``GET /api/models/{repo}/tree/{sha}``
 (files with ``size`` and ``oid``), then ``HEAD`` and ``GET /{repo}/resolve/{sha}/{file}``
 (``X-Repo-Commit``, ``ETag``, ``Content-Length``). A repo is a model name (``name`` or
-``org/name``); a revision is a tag, ``main``, or a bundle digest the name points at; the commit
-``sha`` is the bundle digest. Files are the bundle's PEFT export.
+``org/name``); a revision is a tag, ``main``, a commit id, or a bundle digest the name points at;
+the commit ``sha`` is ``service.hub_commits.commit_id(digest)`` (40 hex digits, as huggingface_hub
+needs for offline re-use). Files are the bundle's PEFT export.
 
 ``main`` follows pushes, as a Hub branch does: it is the name's tag literally called ``main`` if
 there is one (an explicit default), else the tag pushed (or moved) last, so ``mcnc push --tag v1``
@@ -19,6 +20,7 @@ import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
 
 from service.adapters import AdapterStore
 from service.deps import AdaptersDep, StoreDep, require
@@ -29,14 +31,31 @@ from service.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
+from service.hub_commits import COMMIT_RE, CommitIndex, commit_id
 from service.ranges import validate_request
 from service.storage import Store, TagRecord, parse_ref, validate_name
 
 __all__ = ["HUB_DEFAULT_REVISION", "resolve_revision", "router"]
 
-router = APIRouter(tags=["hub"])
+
+class HubErrorResponse(BaseModel):
+    """The Hub's error body (``service.errors.hub_error_response``): the message itself."""
+
+    error: str
+
+
+_HUB_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "model": HubErrorResponse,
+        "description": "The Hugging Face Hub's error form: X-Error-Code is RepoNotFound, RevisionNotFound or "
+        "EntryNotFound for those, the service's code otherwise; X-Error-Message repeats the message",
+    }
+}
+router = APIRouter(tags=["hub"], responses=_HUB_ERRORS)
 HUB_DEFAULT_REVISION = "main"  # huggingface_hub's default: the tag "main", else the name's newest tag
 _READ = [Depends(require("read"))]
+_COMMITS = CommitIndex()  # commits answered by this process: a commit revision resolves without a scan
+_COMMIT_SCAN_TAGS = 1000  # else the name's first tags (in tag order) are searched, a bounded query
 
 
 def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, TagRecord | None]:
@@ -66,10 +85,12 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
         digest = found.digest
     elif ref is not None and ref.digest is not None and store.meta.tags_named(repo_id, limit=1, digest=ref.digest):
         digest = ref.digest
+    elif COMMIT_RE.match(revision) and (by_commit := _digest_of_commit(store, repo_id, revision)) is not None:
+        digest = by_commit
     else:
         known = ", ".join(t.tag for t in first)
         raise RevisionNotFoundError(
-            f"{repo_id!r} has no revision {revision!r} (tags: {known}; main: the tag pushed last; or a digest)"
+            f"{repo_id!r} has no revision {revision!r} (tags: {known}; main: the tag pushed last; a commit; a digest)"
         )
     rec = store.meta.get_bundle(digest)
     if rec is None:  # pragma: no cover - a tag always points at a stored bundle (foreign key)
@@ -82,13 +103,30 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> tuple[str, Ta
     return digest, found
 
 
+def _digest_of_commit(store: Store, repo_id: str, commit: str) -> str | None:
+    """The digest whose commit id is ``commit`` among those ``repo_id`` names, or None.
+
+    Known to this process (it answered that commit): one point query. Else the name's first
+    ``_COMMIT_SCAN_TAGS`` tags are searched: a commit of a bundle named only by tags past those,
+    and not answered by this process since it started, resolves by its tag or digest only.
+    """
+    known = _COMMITS.digest(commit)
+    if known is not None and store.meta.tags_named(repo_id, limit=1, digest=known):
+        return known
+    for t in store.meta.tags_named(repo_id, limit=_COMMIT_SCAN_TAGS):
+        if commit_id(t.digest) == commit:
+            _COMMITS.commit(t.digest)
+            return t.digest
+    return None
+
+
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @router.get("/api/models/{repo_id:path}/revision/{revision}", dependencies=_READ)
 def model_info(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
-    """Hub model info of ``repo_id`` at ``revision``: ``sha`` (the bundle digest) and ``siblings``."""
+    """Hub model info of ``repo_id`` at ``revision``: ``sha`` (the commit id) and ``siblings``."""
     return _model_info(store, adapters, repo_id, revision)
 
 
@@ -105,7 +143,7 @@ def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: st
         "id": repo_id,
         "modelId": repo_id,
         "author": repo_id.split("/", 1)[0] if "/" in repo_id else None,
-        "sha": digest,
+        "sha": _COMMITS.commit(digest),
         "private": False,
         "disabled": False,
         "gated": False,
@@ -149,11 +187,11 @@ def resolve_file(
     if f is None:
         raise EntryNotFoundError(
             f"{repo_id}@{revision} has no file {filename!r} (it has {sorted(files)})",
-            headers={"X-Repo-Commit": digest},
+            headers={"X-Repo-Commit": _COMMITS.commit(digest)},
         )
-    pinned = tag is None  # a digest revision never changes
+    pinned = tag is None  # a digest or commit revision never changes
     headers = {
-        "X-Repo-Commit": digest,
+        "X-Repo-Commit": _COMMITS.commit(digest),
         "Cache-Control": "public, max-age=31536000, immutable" if pinned else "no-cache",
     }
     answer = validate_request(request.headers, len(f.data), f.sha256, headers)

@@ -21,9 +21,10 @@ Then, for vLLM's path, ``snapshot_download(adapter_id)``. ``errors MISSING REPO`
 that this version raises its own ``RepositoryNotFoundError`` for a missing repo,
 ``RevisionNotFoundError`` for a missing revision of ``REPO`` and ``EntryNotFoundError`` for a
 missing file (each with the server's message). Prints one JSON line of results; any deviation
-exits non-zero.
+exits non-zero. ``offline REPO COMMIT`` (run with ``HF_HUB_OFFLINE=1`` after ``lorax``) finds the
+snapshot pinned by ``COMMIT`` in the cache alone.
 
-Usage: ``python lorax_replay.py lorax REPO`` | ``python lorax_replay.py errors MISSING REPO``
+Usage: ``python lorax_replay.py lorax REPO`` | ``errors MISSING REPO`` | ``offline REPO COMMIT``
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ def errors(missing_repo: str, repo_id: str) -> dict[str, object]:
     return {"version": huggingface_hub.__version__, "raised": raised}
 
 
+def offline(repo_id: str, commit: str) -> dict[str, object]:
+    snap = Path(snapshot_download(repo_id, revision=commit))
+    return {"version": huggingface_hub.__version__, "snapshot": snap.name, "files": sorted(os.listdir(snap))}
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    print(json.dumps({"lorax": lorax, "errors": errors}[mode](*args)))
+    print(json.dumps({"lorax": lorax, "errors": errors, "offline": offline}[mode](*args)))

@@ -18,6 +18,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundEr
 
 import mcnc_core as m
 from service import Settings
+from service.hub_commits import CommitIndex, commit_id
+from service.routers import hub as hub_routes
 from tests._adapters import LoraDelta, llama, logits, lora_delta
 from tests._live import LiveServer
 
@@ -65,7 +67,7 @@ def test_snapshot_download_of_a_delta_without_its_base_loads_in_peft(live, hub_e
     digest = push(live, case.bundle.to_bytes(), "acme/tiny-lora", "v1")
     folder = snapshot(live, hub_env, "acme/tiny-lora", "v1")
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert folder.name == digest  # the commit is the bundle digest
+    assert folder.name == commit_id(digest)  # the commit: 40 hex digits derived from the bundle digest
     local = m.export_peft(case.bundle, tmp_path / "local", dtype=torch.float32)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (folder / name).read_bytes() == (local / name).read_bytes(), name
@@ -84,9 +86,9 @@ def test_snapshot_download_of_a_delta_without_its_base_loads_in_peft(live, hub_e
 
 def test_main_after_a_push_without_a_tag_and_digests_are_revisions(live, hub_env, case):
     digest = push(live, case.bundle.to_bytes(), "tiny")  # tag "latest", the only one: main
-    assert snapshot(live, hub_env, "tiny").name == digest  # revision None: "main"
+    assert snapshot(live, hub_env, "tiny").name == commit_id(digest)  # revision None: "main"
     info = huggingface_hub.HfApi(endpoint=live.url, token=False).model_info("tiny", revision=f"sha256:{digest}")
-    assert info.sha == digest and sorted(s.rfilename for s in info.siblings) == [
+    assert info.sha == commit_id(digest) and sorted(s.rfilename for s in info.siblings) == [
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
@@ -129,7 +131,7 @@ def test_files_have_strong_etags_304_ranges_and_are_exported_once(live, case):
     url = f"{live.url}/acme/tiny-lora/resolve/v1/adapter_model.safetensors"
     with httpx.Client(timeout=30) as c:
         head = c.head(url)
-        assert head.status_code == 200 and head.headers["x-repo-commit"] == digest
+        assert head.status_code == 200 and head.headers["x-repo-commit"] == commit_id(digest)
         get = c.get(url)
         body = get.content
         assert get.headers["etag"] == head.headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
@@ -179,7 +181,7 @@ def test_revisions_resolve_by_point_queries_whatever_the_number_of_tags(live, ca
     for revision in ("main", "t0299", f"sha256:{digest}", digest):
         r = httpx.get(f"{live.url}/api/models/many/revision/{revision}", timeout=30)
         assert r.status_code == 200, (revision, r.text)
-        assert r.json()["sha"] == digest
+        assert r.json()["sha"] == commit_id(digest)
     r = httpx.get(f"{live.url}/api/models/many/revision/nope", timeout=30)
     assert r.status_code == 404 and r.text.count(", t0") <= 10
     assert seen and None not in seen and max(seen) <= 10  # type: ignore[type-var]
@@ -213,11 +215,11 @@ def test_main_follows_pushes_unless_the_name_has_a_tag_main(live, hub_env, case)
     """README's ``mcnc push ... --tag v1`` then vLLM / LoRAX (revision ``main``): main is the tag
     pushed last; a tag literally named ``main`` is an explicit default that pushes do not move."""
     api = huggingface_hub.HfApi(endpoint=live.url, token=False)
-    first = push(live, case.bundle.to_bytes(), "acme/follow", "v1")  # no "latest", no "main"
+    first = commit_id(push(live, case.bundle.to_bytes(), "acme/follow", "v1"))  # no "latest", no "main"
     info = api.model_info("acme/follow")  # revision None: main
     assert info.sha == first and info.downloads == 0 and info.likes == 0 and "peft" in info.tags
     assert snapshot(live, hub_env, "acme/follow").name == first
-    second = push(live, lora_delta(seed=1).bundle.to_bytes(), "acme/follow", "v2")
+    second = commit_id(push(live, lora_delta(seed=1).bundle.to_bytes(), "acme/follow", "v2"))
     assert second != first and api.model_info("acme/follow", revision="main").sha == second
     push(live, case.bundle.to_bytes(), "acme/follow", "v1")  # re-pointing an older tag moves main too
     assert api.model_info("acme/follow").sha == first
@@ -226,3 +228,26 @@ def test_main_follows_pushes_unless_the_name_has_a_tag_main(live, hub_env, case)
     assert api.model_info("acme/follow").sha == second and api.model_info("acme/follow", revision="v3").sha == first
     r = httpx.get(f"{live.url}/acme/follow/resolve/main/adapter_config.json", timeout=30)
     assert r.headers["x-repo-commit"] == second and r.headers["cache-control"] == "no-cache"  # a branch moves
+
+
+def test_commit_ids_are_40_hex_revisions_and_pins_work_offline(tmp_path, hub_env, case, monkeypatch):
+    """huggingface_hub treats only 40 hex digits as a commit: pin one, stop the server, and the
+    pinned snapshot is found again with HF_HUB_OFFLINE=1 (64-hex digests were never found)."""
+    with LiveServer(Settings(data_dir=tmp_path / "pin")) as srv:
+        digest = push(srv, case.bundle.to_bytes(), "acme/pin", "v1")
+        commit = commit_id(digest)
+        assert len(commit) == 40 and commit == hashlib.sha256(b"mcnc-commit/1\0" + digest.encode()).hexdigest()[:40]
+        folder = snapshot(srv, hub_env, "acme/pin")  # main
+        assert folder.name == commit
+        monkeypatch.setattr(hub_routes, "_COMMITS", CommitIndex())  # a process that never answered it: the scan
+        api = huggingface_hub.HfApi(endpoint=srv.url, token=False)
+        assert api.model_info("acme/pin", revision=commit).sha == commit
+        r = httpx.get(f"{srv.url}/acme/pin/resolve/{commit}/adapter_config.json", timeout=30)
+        assert r.headers["x-repo-commit"] == commit and "immutable" in r.headers["cache-control"]
+        with pytest.raises(RevisionNotFoundError):
+            api.model_info("acme/pin", revision="0" * 40)
+        push(srv, case.bundle.to_bytes(), "acme/other", "v1")
+        assert api.model_info("acme/other", revision=commit).sha == commit  # the same bundle, the same commit
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert snapshot(srv, hub_env, "acme/pin", commit) == folder  # the server is gone: from the cache alone

@@ -24,6 +24,7 @@ import torch
 
 import mcnc_core as m
 from service import Settings
+from service.hub_commits import commit_id
 from tests._adapters import LoraDelta, lora_delta
 from tests._live import LiveServer
 
@@ -82,10 +83,12 @@ def live(tmp_path) -> Iterator[LiveServer]:
         yield srv
 
 
-def replay(python: Path, live: LiveServer, home: Path, *args: str) -> dict:
-    """Run the replay as LoRAX runs: ``HF_ENDPOINT`` set, an empty ``HF_HOME``, no token, online."""
+def replay(python: Path, live: LiveServer, home: Path, *args: str, offline: bool = False) -> dict:
+    """Run the replay as LoRAX runs: ``HF_ENDPOINT`` set, an empty ``HF_HOME``, no token, online
+    (unless ``offline``: ``HF_HUB_OFFLINE=1``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "PYTHON"))}
     env |= {"HF_ENDPOINT": live.url, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env |= {"HF_HUB_OFFLINE": "1"} if offline else {}
     done = subprocess.run([str(python), "-I", str(REPLAY), *args], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -99,14 +102,16 @@ def push(live: LiveServer, data: bytes, name: str, tag: str) -> str:
 
 def test_lorax_call_sequence_on_huggingface_hub_0_23_5(hub_python, live, case, tmp_path):
     python = hub_python("0.23.5")
-    digest = push(live, case.bundle.to_bytes(), "acme/lorax-lora", "v1")  # --tag v1 only: main must follow it
+    commit = commit_id(push(live, case.bundle.to_bytes(), "acme/lorax-lora", "v1"))  # --tag v1 only: main follows
     out = replay(python, live, tmp_path / "hf", "lorax", "acme/lorax-lora")
-    assert out["version"] == "0.23.5" and out["sha"] == digest and (out["downloads"], out["likes"]) == (0, 0)
-    assert out["weights"] == ["adapter_model.safetensors"] and out["weights_commit"] == digest
-    assert out["snapshot_commit"] == digest and out["adapter_r"] == 8
+    assert out["version"] == "0.23.5" and out["sha"] == commit and (out["downloads"], out["likes"]) == (0, 0)
+    assert out["weights"] == ["adapter_model.safetensors"] and out["weights_commit"] == commit
+    assert out["snapshot_commit"] == commit and out["adapter_r"] == 8
     local = m.export_peft(case.bundle, tmp_path / "local", dtype=torch.float32)
     expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(local.iterdir())}
     assert out["snapshot_sha256"] == expected  # the files LoRAX loads are the local PEFT export's
+    pinned = replay(python, live, tmp_path / "hf", "offline", "acme/lorax-lora", commit, offline=True)
+    assert pinned == {"version": "0.23.5", "snapshot": commit, "files": sorted(expected)}  # a 40-hex commit pin
 
 
 @pytest.mark.parametrize("version", ["0.23.5", "0.25.2"])
