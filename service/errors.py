@@ -12,6 +12,7 @@
     │   ├── BundleNotFoundError        404 bundle_not_found
     │   ├── ModelNotFoundError         404 model_not_found
     │   ├── BaseNotFoundError          404 base_not_found
+    │   ├── FileNotStoredError         404 file_not_found: a sidecar file (POST /files) not stored
     │   ├── RepoNotFoundError          404 repo_not_found       (Hub routes; X-Error-Code RepoNotFound)
     │   ├── RevisionNotFoundError      404 revision_not_found   (Hub routes; X-Error-Code RevisionNotFound)
     │   └── EntryNotFoundError         404 entry_not_found      (Hub routes; X-Error-Code EntryNotFound)
@@ -66,6 +67,7 @@ __all__ = [
     "ConflictError",
     "CrossOriginError",
     "EntryNotFoundError",
+    "FileNotStoredError",
     "FingerprintMismatchError",
     "ForbiddenError",
     "HostNotAllowedError",
@@ -148,6 +150,10 @@ class ModelNotFoundError(NotFoundError):
 
 class BaseNotFoundError(NotFoundError):
     code = "base_not_found"
+
+
+class FileNotStoredError(NotFoundError):
+    code = "file_not_found"
 
 
 class RepoNotFoundError(NotFoundError):
@@ -270,6 +276,7 @@ ERROR_CODES: dict[str, int] = {
         BundleNotFoundError,
         ModelNotFoundError,
         BaseNotFoundError,
+        FileNotStoredError,
         RepoNotFoundError,
         RevisionNotFoundError,
         EntryNotFoundError,
