@@ -37,6 +37,7 @@ example: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure_redis.sh
 	bash scripts/ensure_postgres.sh
+	bash scripts/ensure_chromium.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -7,6 +7,11 @@ bundle of ``benchmarks/reconstruct.py``:
 * ``kernel``: ``decode_tensor_into`` over every tensor into reused, already-touched buffers;
 * ``iter_fp16``: a one-off ``iter_reconstruct(bundle, dtype=torch.float16)`` (a server streaming
   half-precision weights);
+* ``stream_fp32`` / ``stream_fp16`` / ``stream_bf16``: ``iter_reconstruct`` with one long-lived
+  ``OutputRecycler`` (how the server streams ``?dtype=``), per output dtype, so the half-precision
+  rate can be read against the float32 rate measured in the same process;
+* ``keep``: ``reconstruct`` (every output kept: all new memory), and the machine's float32 FMA
+  peak (``benchmarks/fma_peak.py``) to express it as a fraction (``keep_fma``);
 * the GEMM term of the limit (as ``benchmarks/reconstruct.py``), so rounds can be compared.
 
 The other checkout needs ``mcnc_core`` and ``benchmarks/reconstruct.py`` with the API of a9a4d3c
@@ -59,12 +64,41 @@ def child(root: Path, quick: bool, calls: int) -> dict[str, float]:
         for _name, _t in iter_reconstruct(bundle, dtype=torch.float16):
             pass
 
+    from mcnc_core import reconstruct
+    from mcnc_core.hostmem import OutputRecycler
+
+    recycler = OutputRecycler()
+
+    def stream(dtype: torch.dtype) -> Any:
+        def fn() -> None:
+            for _name, _t in iter_reconstruct(bundle, dtype=dtype, recycler=recycler):
+                pass
+
+        return fn
+
+    def keep() -> None:
+        state = reconstruct(bundle)
+        del state
+
     out: dict[str, float] = {}
-    for name, fn in (("kernel", kernel), ("iter_fp16", iter_fp16)):
-        fn()  # warm up
-        out[name] = bundle.num_params / statistics.median(rb._timed(fn) for _ in range(calls))
+    fns = {"kernel": kernel, "iter_fp16": iter_fp16, "keep": keep}
+    fns.update(stream_fp32=stream(torch.float32), stream_fp16=stream(torch.float16), stream_bf16=stream(torch.bfloat16))
+    for fn in fns.values():
+        fn()  # warm up (the recycler, the pool, the generator)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(calls):  # interleaved within the process too
+        for name, fn in fns.items():
+            times[name].append(rb._timed(fn))
+    for name, ts in times.items():
+        out[name] = bundle.num_params / statistics.median(ts)
     flops_per_param = spec.flops_per_chunk / spec.chunk_size
     out["limit_gemm"] = rb.gemm_flops(1024 if quick else 2048, 3) / flops_per_param
+    from fma_peak import all_core_peak
+
+    peak = all_core_peak(tries=3)["peak"]
+    if not isinstance(peak, str):
+        out["fma_peak"] = float(peak)
+        out["keep_fma"] = out["keep"] * flops_per_param / float(peak)
     return out
 
 
@@ -95,12 +129,21 @@ def main(argv: list[str] | None = None) -> int:
         results["this"].append(run_child(HERE, args.quick, calls))
     print(f"this: {HERE}\nother: {other}\n{rounds} alternating rounds, medians of {calls} calls each (Mparams/s)")
     print(f"{'':<12}{'other':>28}{'this':>28}{'this/other':>12}")
-    for key in ("kernel", "iter_fp16", "limit_gemm"):
+    keys = ["kernel", "iter_fp16", "stream_fp32", "stream_fp16", "stream_bf16", "keep", "limit_gemm"]
+    for key in keys:
+        if not all(key in r for rs in results.values() for r in rs):
+            continue
         a = [r[key] / 1e6 for r in results["other"]]
         b = [r[key] / 1e6 for r in results["this"]]
         ratio = statistics.median(y / x for x, y in zip(a, b, strict=True))
         fmt = " / ".join(f"{v:,.0f}" for v in a), " / ".join(f"{v:,.0f}" for v in b)
         print(f"{key:<12}{fmt[0]:>28}{fmt[1]:>28}{ratio:>11.2f}x")
+    print("\nwithin each process (median over rounds):")
+    for side, rs in results.items():
+        half = {k: statistics.median(r[k] / r["stream_fp32"] for r in rs) for k in ("stream_fp16", "stream_bf16")}
+        fma = [r["keep_fma"] for r in rs if "keep_fma" in r]
+        line = f"  {side:<6} fp16 / fp32 stream {half['stream_fp16']:.2f}, bf16 / fp32 {half['stream_bf16']:.2f}"
+        print(line + (f"; reconstruct (all kept) {statistics.median(fma):.2f} of the FMA peak" if fma else ""))
     if args.json:
         args.json.write_text(json.dumps({"this": str(HERE), "other": str(other), **results}, indent=2))
     return 0

@@ -6,6 +6,10 @@ at once:
 - ``memory``: ``python -m service`` (what ``mcnc serve`` runs) with tier 1 warm;
 - ``redis``: a second ``python -m service`` with ``MCNC_MEMORY_CACHE_BYTES=0`` sharing the first's
   Redis entry (tier 2 warm), when a Redis answers at ``--redis``;
+- ``redis_limit``: the limit Redis itself sets here: a minimal HTTP reader (its own process, one
+  thread per connection) that GETs the very chunk keys the Redis-tier server reads (redis-py with
+  hiredis) and writes each to the socket as it comes, no check, no read-ahead; the Redis tier's
+  target is 0.8x of it;
 - ``nginx``: the Debian ``nginx`` binary, started here (``daemon off``, generated ``nginx.conf``),
   serving the very response body as a static file, once with ``sendfile on`` (its default
   configuration) and once with ``sendfile off``; skipped, and said so, when nginx is not installed.
@@ -170,6 +174,49 @@ def nginx_server(binary: str, root: Path, work: Path) -> Server:
     return Server([binary, "-p", str(work), "-c", str(conf)], dict(os.environ), ports, ready)
 
 
+def redis_reader_main(port: int, url: str, prefix: str) -> None:
+    """The ``redis_limit`` server: ``GET /ping`` answers ``ok``; any other GET streams the tier-2
+    entry under ``prefix`` (there is one), chunk after chunk, straight from Redis to the socket."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    metas = list(client.scan_iter(match=prefix + "w:*:meta", count=1000))
+    if len(metas) != 1:
+        raise SystemExit(f"expected one tier-2 entry under {prefix!r}, found {len(metas)}")
+    meta = {k.decode(): v.decode() for k, v in client.hgetall(metas[0]).items()}
+    total, chunk = int(meta["total"]), int(meta["chunk"])
+    base = metas[0].decode().removesuffix(":meta")
+    keys = [f"{base}:{i}" for i in range(-(-total // chunk))]
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            pending = b""
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                if head.split(b" ", 2)[1] == b"/ping":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
+                for key in keys:
+                    conn.sendall(client.get(key))
+
+    with socket.create_server(("127.0.0.1", port)) as srv:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def redis_limit_server(url: str, prefix: str) -> Server:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--redis-reader", str(port), url, prefix]
+    return Server(cmd, dict(os.environ), {"redis_limit": port}, [f"http://127.0.0.1:{port}/ping"])
+
+
 def _request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: mcnc-bench\r\n\r\n".encode()
 
@@ -322,6 +369,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
             got = httpx.get(rurl + "/models/m/weights", timeout=600).content
             assert hashlib.sha256(got).hexdigest() == digest, "tier 2 served other bytes"
             targets["redis"] = (red.ports["mcnc"], "/models/m/weights")
+            lim = redis_limit_server(redis_url, prefix)
+            servers.append(lim)
+            got = httpx.get(f"http://127.0.0.1:{lim.ports['redis_limit']}/weights", timeout=600).content
+            assert hashlib.sha256(got).hexdigest() == digest, "the Redis reader served other bytes"
+            targets["redis_limit"] = (lim.ports["redis_limit"], "/weights")
         binary = None if args.no_nginx else find_nginx()
         if binary is None:
             why = "--no-nginx" if args.no_nginx else "nginx is not installed (apt-get install nginx-light)"
@@ -339,6 +391,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         del body, got
         rounds: dict[str, dict[str, list[float]]] = {str(c): {t: [] for t in targets} for c in args.clients}
         pids = {"memory": mem.proc.pid, **({"redis": servers[1].proc.pid} if redis_url else {})}
+        if redis_url:
+            pids["redis_limit"] = servers[2].proc.pid
         if "nginx" in targets:
             pids.update(nginx=servers[-1].proc.pid, nginx_nosendfile=servers[-1].proc.pid)
         rpid = _redis_pid(redis_url) if redis_url else None
@@ -384,7 +438,7 @@ def report(out: dict[str, object]) -> None:
     print(f"cold (first request, reconstructs while streaming): TTFB {c['ttfb_ms']:.1f} ms, {c['MB_s']:.0f} MB/s")  # type: ignore[index]
     gb: dict[str, dict[str, list[float]]] = out["gb_s"]  # type: ignore[assignment]
     tiers = [t for t in ("memory", "redis") if t in next(iter(gb.values()))]
-    bases = [b for b in ("nginx", "nginx_nosendfile") if b in next(iter(gb.values()))]
+    bases = [b for b in ("nginx", "nginx_nosendfile", "redis_limit") if b in next(iter(gb.values()))]
     cols = [*tiers, *bases]
     print(f"\nmedian GB/s over {out['rounds']} rounds ({out['bytes'] / 1e6:.0f} MB body, {out['errors']} errors)")  # type: ignore[operator]
     print(f"{'clients':>8}" + "".join(f"{t:>18}" for t in cols))
@@ -408,6 +462,10 @@ def report(out: dict[str, object]) -> None:
             worst = min(summary["nginx"][t].values())
             verdict = "met" if worst >= met[t] else "NOT met"
             print(f"target {t} >= {met[t]:.1f}x nginx: {verdict} (lowest median ratio {worst:.2f})")
+    if "redis_limit" in summary and "redis" in tiers:
+        worst = min(summary["redis_limit"]["redis"].values())
+        verdict = "met" if worst >= 0.8 else "NOT met"
+        print(f"target redis >= 0.8x the Redis reader: {verdict} (lowest median ratio {worst:.2f})")
     print("\nCPU per body byte, ns (median over measurements; clock ticks of 10 ms, so rough):")
     print(f"{'target':>18}{'server':>10}{'redis':>10}{'client':>10}")
     for t, (srv, red, cli) in out["cpu_ns_per_byte"].items():  # type: ignore[attr-defined]
@@ -424,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 2)")
     p.add_argument("--no-nginx", action="store_true", help="measure the mcnc tiers only")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--redis-reader", nargs=3, metavar=("PORT", "URL", "PREFIX"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.redis_reader:
+        redis_reader_main(int(args.redis_reader[0]), args.redis_reader[1], args.redis_reader[2])
+        return 0
     args.clients = [int(c) for c in (args.clients or ("1,4" if args.quick else "1,4,16")).split(",")]
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.min_bytes = (100 if args.quick else 1000) << 20

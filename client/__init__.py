@@ -4,6 +4,7 @@ and reconstructs the weights locally. Importing this package does not import tor
 from __future__ import annotations
 
 from client._async import AsyncClient
+from client._config import ClientLimits
 from client._exceptions import (
     AdapterExportError,
     APIError,
@@ -17,6 +18,8 @@ from client._exceptions import (
     CacheFallbackWarning,
     ConflictError,
     ConnectionFailedError,
+    DeadlineExceededError,
+    InsufficientMemoryError,
     IntegrityError,
     InvalidArgumentError,
     InvalidBaseError,
@@ -31,6 +34,7 @@ from client._exceptions import (
     PermissionDeniedError,
     RangeNotSatisfiableError,
     RateLimitError,
+    ResponseTooLargeError,
     ServerError,
     StateDictMismatchError,
     UnsupportedMediaTypeError,
@@ -52,8 +56,11 @@ __all__ = [
     "BundleNotFoundError",
     "CacheFallbackWarning",
     "Client",
+    "ClientLimits",
     "ConflictError",
     "ConnectionFailedError",
+    "DeadlineExceededError",
+    "InsufficientMemoryError",
     "IntegrityError",
     "InvalidArgumentError",
     "InvalidBaseError",
@@ -69,6 +76,7 @@ __all__ = [
     "PermissionDeniedError",
     "RangeNotSatisfiableError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "ServerError",
     "StateDictMismatchError",
     "TagInfo",

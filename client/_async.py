@@ -15,20 +15,35 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from client._base import BaseClient, Ref, base_bytes, bundle_bytes, parse_ref, retry_delay
-from client._config import resolve_config
+from client._base import (
+    BaseClient,
+    Ref,
+    base_bytes,
+    buffered,
+    bundle_bytes,
+    declared_int,
+    expect_bundle,
+    expect_safetensors,
+    expect_weights,
+    parse_ref,
+    retry_delay,
+)
+from client._bounds import BoundedBody, Deadline, Expect, StreamCheck
+from client._config import ClientLimits, resolve_config
 from client._exceptions import (
     BaseNotFoundError,
     ConnectionFailedError,
+    IntegrityError,
     MCNCClientError,
     NotFoundError,
     RangeNotSatisfiableError,
+    RateLimitError,
     ServerError,
 )
 from client._io import ablocking, alock, asleep
 from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
 from client._progress import progress_bar
-from client._transfer import Partial, bundle_base_digest, bundle_metadata, finish_download
+from client._transfer import Partial, bundle_metadata, finish_download
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -52,6 +67,8 @@ class AsyncClient(BaseClient):
         offline: never open a socket; serve from the cache (default ``MCNC_OFFLINE``).
         progress: show progress bars (default: on a TTY unless ``MCNC_DISABLE_PROGRESS_BARS``).
         retries: retries for connection errors, 503 and 429.
+        limits: what the client accepts from the server (default ``ClientLimits.from_env()``:
+            the ``MCNC_MAX_*`` and ``MCNC_*_DEADLINE`` variables; docs/client.md "Limits").
 
     Every ``load`` / ``download_weights`` records a ``TransferReport`` in ``last_report``.
     """
@@ -67,8 +84,9 @@ class AsyncClient(BaseClient):
         offline: bool | None = None,
         progress: bool | None = None,
         retries: int = 3,
+        limits: ClientLimits | None = None,
     ) -> None:
-        super().__init__(resolve_config(base_url, token, cache_dir, offline, timeout, progress, retries))
+        super().__init__(resolve_config(base_url, token, cache_dir, offline, timeout, progress, retries, limits))
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self.last_report: TransferReport | None = None
@@ -95,82 +113,159 @@ class AsyncClient(BaseClient):
         await self.close()
 
     async def _send(
-        self, method: str, path: str, *, stream: bool = False, retries: int | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        stream: bool = False,
+        retries: int | None = None,
+        deadline: Deadline | None = None,
+        **kw: Any,
     ) -> httpx.Response:
-        """One request with retries (``retries``, default the client's); errors become exceptions."""
+        """One request with retries (``retries``, default the client's); errors become exceptions.
+
+        Within ``deadline`` (default ``MCNC_REQUEST_DEADLINE`` for this request), waits included.
+        Without ``stream`` the body is read here, at most ``MCNC_MAX_JSON_BYTES``; an error body
+        at most ``MCNC_MAX_ERROR_BYTES`` (``ResponseTooLargeError`` beyond either, unread).
+        """
         self._check_online(f"{method} {path}")
         kw["headers"] = self._headers(kw.get("headers"))
         retries = self.config.retries if retries is None else retries
+        limits = self.config.limits
+        if deadline is None:
+            deadline = Deadline(limits.request_deadline, f"{method} {path}", "MCNC_REQUEST_DEADLINE")
         attempt = 0
         while True:
+            deadline.check()
+            request = self._client().build_request(
+                method, path, timeout=deadline.read_timeout(self.config.timeout), **kw
+            )
+            err: MCNCClientError
             try:
-                resp = await self._client().send(self._client().build_request(method, path, **kw), stream=stream)
+                resp = await self._client().send(request, stream=True)
+                try:
+                    if resp.status_code < 400:
+                        if stream:
+                            return resp
+                        body = await self._read(resp, limits.max_json_bytes, "MCNC_MAX_JSON_BYTES", deadline)
+                        return buffered(resp, body)
+                    body = await self._read(resp, limits.max_error_bytes, "MCNC_MAX_ERROR_BYTES", deadline)
+                finally:
+                    if not stream or resp.status_code >= 400:
+                        await resp.aclose()
             except httpx.TransportError as exc:
                 delay = retry_delay(attempt, retries, None, None)
-                if delay is None:
-                    raise ConnectionFailedError(
-                        f"cannot reach {self.base_url} ({type(exc).__name__}: {exc}); is the server running? "
-                        "(set the URL with MCNC_ENDPOINT or --endpoint)"
-                    ) from exc
+                err = ConnectionFailedError(
+                    f"cannot reach {self.base_url} ({type(exc).__name__}: {exc}); is the server running? "
+                    "(set the URL with MCNC_ENDPOINT or --endpoint)"
+                )
+                err.__cause__ = exc
             else:
-                if resp.status_code < 400:
-                    return resp
-                body = await resp.aread()
-                await resp.aclose()
-                err = self._api_error(resp.status_code, resp.headers, body, f"{method} {path}")
-                delay = retry_delay(attempt, retries, resp.status_code, getattr(err, "retry_after", None))
-                if delay is None:
-                    raise err
+                api = self._api_error(resp.status_code, resp.headers, body, f"{method} {path}")
+                after = getattr(api, "retry_after", None)
+                delay = retry_delay(attempt, retries, resp.status_code, after, limits.max_retry_after)
+                if isinstance(api, RateLimitError) and after is not None and after > limits.max_retry_after:
+                    cap = limits.max_retry_after
+                    api = api.with_hint(
+                        f"the server asks to wait {after:g} s, more than MCNC_MAX_RETRY_AFTER={cap:g} s the client "
+                        "waits for: try again later"
+                    )
+                err = api
+            if delay is None:
+                raise err
+            if not deadline.allows(delay):
+                raise deadline.error() from err
             await asleep(delay)
             attempt += 1
 
-    async def _fetch(self, path: str, partial: Partial, *, params: dict[str, str] | None = None, desc: str) -> int:
-        """Download ``path`` into ``partial``, resuming with Range/If-Range; returns bytes received."""
+    async def _read(self, resp: httpx.Response, limit: int, setting: str, deadline: Deadline) -> bytes:
+        """The body of ``resp``, at most ``limit`` bytes, within ``deadline``."""
+        body = BoundedBody(f"{resp.request.method} {resp.request.url.path}", limit, setting, resp.headers)
+        async for block in resp.aiter_bytes():
+            body.feed(block)
+            deadline.check()
+        return body.value()
+
+    async def _fetch(
+        self, path: str, partial: Partial, expect: Expect, *, params: dict[str, str] | None = None, desc: str
+    ) -> tuple[int, str]:
+        """Download ``path`` into ``partial``, resuming with Range/If-Range, checking every block
+        against ``expect`` before it is written (``StreamCheck``), all within
+        ``MCNC_DOWNLOAD_DEADLINE``.
+
+        Returns:
+            ``(bytes received, sha256 of the whole file)``.
+
+        Raises:
+            ResponseTooLargeError, IntegrityError: the body breaks ``expect`` (the partial file is
+                deleted, nothing is retried); DeadlineExceededError (the partial file stays, to
+                resume); ConnectionFailedError.
+        """
         received = 0
+        deadline = Deadline(self.config.limits.download_deadline, f"download of {path}", "MCNC_DOWNLOAD_DEADLINE")
         for attempt in range(self.config.retries + 1):
             try:
-                resp = await self._send("GET", path, params=params, headers=partial.request_headers(), stream=True)
+                resp = await self._send(
+                    "GET", path, params=params, headers=partial.request_headers(), stream=True, deadline=deadline
+                )
                 try:
                     with (
                         partial.open(resp.status_code, resp.headers) as f,
                         progress_bar(self.config.progress, partial.total, partial.size, desc) as bar,
                     ):
+                        check = StreamCheck(expect, partial.total)
+                        if partial.appending:  # what an earlier try left: checked and hashed like the rest
+                            await ablocking(check.feed_file, partial.path)
                         async for block in resp.aiter_bytes():
+                            check.feed(block)  # raises before an offending block is written
                             await ablocking(f.write, block)  # async: in a thread (a slow disk never stalls the loop)
                             received += len(block)
                             bar.update(len(block))
+                            deadline.check()
                 finally:
                     await resp.aclose()
                 partial.check_complete()
-                return received
+                return received, check.finish()
             except RangeNotSatisfiableError:
                 partial.discard()  # a stale partial (server-side change): start over
+            except IntegrityError:
+                partial.discard()  # never kept, never resumed: the server sent what it must not
+                raise
             except (httpx.TransportError, httpx.StreamError) as exc:
                 if attempt == self.config.retries:
                     raise ConnectionFailedError(f"download of {path} failed: {exc}") from exc
-                await asleep(retry_delay(attempt, self.config.retries, None, None) or 0)
+                delay = retry_delay(attempt, self.config.retries, None, None) or 0
+                if not deadline.allows(delay):
+                    raise deadline.error() from exc
+                await asleep(delay)
         raise ConnectionFailedError(f"download of {path} did not complete")
 
     async def _resolve(self, ref: Ref) -> str:
-        """The digest ``ref`` names: no request for digests (or offline); else ``GET /models/{ref}``,
-        whose error body carries the server's message. A 404 for a name lists the tags it has; a
-        server that cannot be reached (or fails with 5xx) falls back on the cached ref with a
-        ``CacheFallbackWarning``, after one try (no retries: the cache answers at once)."""
+        """The digest ``ref`` names (see ``_resolve_declared``)."""
+        return (await self._resolve_declared(ref))[0]
+
+    async def _resolve_declared(self, ref: Ref) -> tuple[str, dict[str, Any]]:
+        """The digest ``ref`` names and what the server declared about it (``size``,
+        ``num_params``; empty when no request was made): no request for digests (or offline);
+        else ``GET /models/{ref}``, whose error body carries the server's message. A 404 for a
+        name lists the tags it has; a server that cannot be reached (or fails with 5xx) falls
+        back on the cached ref with a ``CacheFallbackWarning``, after one try (no retries: the
+        cache answers at once). The cached ref is written by the caller, once the blob is in."""
         digest = self._local_digest(ref)
         if digest is not None:
-            return digest
+            return digest, {}
         cached = self._cached_ref(ref)
         try:
             resp = await self._send("GET", self._model_path(ref), retries=0 if cached else None)
         except (ConnectionFailedError, ServerError) as exc:
             if cached is None:
                 raise
-            return self._fall_back(ref, cached, exc)
+            return self._fall_back(ref, cached, exc), {}
         except NotFoundError as exc:
             raise self._with_404_hint(exc, ref, await self._tags_of(ref)) from exc
-        digest = self._digest_of(resp.json(), ref)
-        self._remember(ref, digest)
-        return digest
+        data = resp.json()
+        digest = self._digest_of(data, ref)
+        return digest, {k: declared_int(data, k) for k in ("size", "num_params")}
 
     async def _tags_of(self, ref: Ref) -> list[TagInfo]:
         """The server's tags of ``ref``'s name, for a hint (the first 10 pages of 1000 tags);
@@ -188,7 +283,10 @@ class AsyncClient(BaseClient):
             pass  # only a hint: the 404 stands without it
         return found
 
-    async def _blob(self, kind: str, digest: str, report: TransferReport, *, digest_of: str) -> Path:
+    async def _blob(self, kind: str, digest: str, report: TransferReport, expect: Expect, *, digest_of: str) -> Path:
+        """The cached blob ``digest``, downloaded first if needed: streamed into its ``.incomplete``
+        file under ``expect``'s bounds, hashed as it arrives, and moved into ``blobs/`` only once
+        its digest checked out (``digest_of``: ``"file"`` sha256, or a base's ``"state"`` digest)."""
         if self.cache.has(digest):
             report.cached.append(kind)
             self.cache.touch(digest)
@@ -198,12 +296,23 @@ class AsyncClient(BaseClient):
         async with alock(self.cache, digest):
             if not self.cache.has(digest):
                 partial = Partial(self.cache.incomplete(digest))
-                report.bytes_received += await self._fetch(f"/{kind}s/{digest}", partial, desc=f"{kind} {digest[:12]}")
-                try:  # hashes the file (or the base's tensors): in a thread
-                    await ablocking(self.cache.commit, digest, partial.path, digest_of=digest_of)  # deletes it if wrong
+                desc = f"{kind} {digest[:12]}"
+                received, sha256 = await self._fetch(f"/{kind}s/{digest}", partial, expect, desc=desc)
+                report.bytes_received += received
+                try:  # a base's state digest reads its tensors: in a thread
+                    await ablocking(self.cache.commit, digest, partial.path, digest_of=digest_of, sha256=sha256)
                 finally:
                     partial.discard_sidecar()
         return self.cache.blob(digest)
+
+    async def _bundle(self, ref: Ref, report: TransferReport) -> Path:
+        """Resolve ``ref`` and bring its bundle into the cache (bounded by the size the server
+        declared and ``MCNC_MAX_BUNDLE_BYTES``); the ref is written only then."""
+        report.digest, declared = await self._resolve_declared(ref)
+        expect = expect_bundle(report.digest, declared.get("size"), self.config.limits)
+        path = await self._blob("bundle", report.digest, report, expect, digest_of="file")
+        self._remember(ref, report.digest)
+        return path
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -269,20 +378,32 @@ class AsyncClient(BaseClient):
             InvalidArgumentError (``base`` given for a full-mode bundle, an unknown ``dtype``),
             RefError (a malformed ``ref``).
         """
-        from client._local import check_given_base, given_base, reconstruct_local
+        from client._local import check_given_base, given_base, plan_load, reconstruct_local
 
         report = TransferReport(ref)
         start = time.perf_counter()
-        report.digest = await self._resolve(parse_ref(ref))
-        bundle_path = await self._blob("bundle", report.digest, report, digest_of="file")
-        base_digest = await ablocking(bundle_base_digest, bundle_path)
+        bundle_path = await self._bundle(parse_ref(ref), report)
+        # Before anything else is downloaded or allocated: does the reconstruction fit here?
+        plan = await ablocking(
+            plan_load,
+            bundle_path,
+            device=device,
+            dtype=dtype,
+            into_model=model is not None and dtype is None,
+            given_base=base is not None,
+            limit=self.config.limits.max_load_bytes,
+        )
         base_path, given = None, None
         if base is not None:  # the caller's base: checked here, never downloaded
             given = given_base(base)
             await ablocking(check_given_base, bundle_path, given)  # hashes the base
-        elif base_digest is not None:  # a base enters the cache only after its state digest checked out
+        elif plan.base_digest is not None and plan.base is not None:
+            # A base enters the cache only after its state digest checked out; while it streams in,
+            # its header must list exactly the tensors the bundle reads, and no byte more comes.
+            what = f"base sha256:{plan.base_digest[:16]}"
+            expect = expect_safetensors(what, plan.base, "what the bundle's manifest implies")
             try:
-                base_path = await self._blob("base", base_digest, report, digest_of="state")
+                base_path = await self._blob("base", plan.base_digest, report, expect, digest_of="state")
             except BaseNotFoundError as exc:
                 raise exc.with_hint(
                     "the server holds only the delta: pass the base you have, load(ref, base=...)"
@@ -328,18 +449,23 @@ class AsyncClient(BaseClient):
 
         Raises:
             OfflineError, NotFoundError and other APIError subclasses, IntegrityError,
-            AdapterExportError (a full-mode or rank-0 bundle, raw tensors PEFT cannot save).
+            AdapterExportError (a full-mode or rank-0 bundle, raw tensors PEFT cannot save),
+            InsufficientMemoryError (the factors would not fit in memory; checked first).
         """
         from client._local import export_adapter
 
         report = TransferReport(ref)
         start = time.perf_counter()
-        report.digest = await self._resolve(parse_ref(ref))
-        bundle_path = await self._blob("bundle", report.digest, report, digest_of="file")
+        bundle_path = await self._bundle(parse_ref(ref), report)
         report.seconds_network = time.perf_counter() - start
         start = time.perf_counter()
         report.full_weights_bytes = await ablocking(
-            export_adapter, bundle_path, Path(out_dir), dtype=dtype, base_model_name_or_path=base_model_name_or_path
+            export_adapter,
+            bundle_path,
+            Path(out_dir),
+            dtype=dtype,
+            base_model_name_or_path=base_model_name_or_path,
+            limit=self.config.limits.max_load_bytes,
         )
         report.seconds_reconstruct = time.perf_counter() - start
         self.last_report = report
@@ -351,22 +477,37 @@ class AsyncClient(BaseClient):
         """Stream the server-side reconstruction to ``path`` (safetensors), resumably.
 
         An interrupted download resumes from ``<path>.incomplete`` with Range/If-Range and
-        restarts if the server's ETag changed. The size is checked, the sha256 too when the server
-        sends ``X-MCNC-Weights-Digest``, and (``verify``) every tensor against the bundle's
-        fingerprint; only then is the file renamed to ``path``: never a partial file there.
+        restarts if the server's ETag changed. Whatever ``verify`` says, the file must end exactly
+        where its safetensors header says (a body cut short is refused, chunked or not); the
+        sha256 is checked when the server sends ``X-MCNC-Weights-Digest``. With ``verify`` the
+        bundle is fetched first: the header must list exactly its tensors, and every tensor is
+        checked against its fingerprint. Only then is the file renamed to ``path``: never a
+        partial file there.
         """
+        from client._local import weights_layout
+
         report = TransferReport(ref)
         start = time.perf_counter()
-        report.digest = await self._resolve(parse_ref(ref))
+        parsed = parse_ref(ref)
+        if verify:
+            bundle_path: Path | None = await self._bundle(parsed, report)
+            assert bundle_path is not None
+            what = f"weights of sha256:{report.digest[:16]}"
+            layout = await ablocking(weights_layout, bundle_path, dtype)
+            expect = expect_safetensors(what, layout, "what the bundle's manifest implies")
+        else:
+            bundle_path = None
+            report.digest, declared = await self._resolve_declared(parsed)
+            expect = expect_weights(report.digest, declared.get("num_params"))
         params = {"dtype": dtype} if dtype else None
         partial = Partial(Path(f"{os.fspath(path)}.incomplete"))
-        report.bytes_received = await self._fetch(
-            f"/models/{report.digest}/weights", partial, params=params, desc=f"weights {report.digest[:12]}"
+        received, sha256 = await self._fetch(
+            f"/models/{report.digest}/weights", partial, expect, params=params, desc=f"weights {report.digest[:12]}"
         )
-        report.full_weights_bytes = partial.total or 0
+        report.bytes_received += received
+        report.full_weights_bytes = partial.total or partial.size
         report.seconds_network = time.perf_counter() - start
-        bundle_path = await self._blob("bundle", report.digest, report, digest_of="file") if verify else None
-        report.seconds_reconstruct = await ablocking(finish_download, partial, Path(path), bundle_path)
+        report.seconds_reconstruct = await ablocking(finish_download, partial, Path(path), bundle_path, sha256)
         self.last_report = report
         return report
 
@@ -390,8 +531,7 @@ class AsyncClient(BaseClient):
         needs no download); reads only its header, without torch.
         """
         report = TransferReport(ref)
-        digest = await self._resolve(parse_ref(ref))
-        return await ablocking(bundle_metadata, await self._blob("bundle", digest, report, digest_of="file"))
+        return await ablocking(bundle_metadata, await self._bundle(parse_ref(ref), report))
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[TagInfo]:
         """Names and tags on the server (one page of at most ``limit``, at most 1000)."""

@@ -6,16 +6,23 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import os
 import random
 import re
+import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from client._bounds import MAX_HEADER, Expect, bundle_check, layout_check
 from client._cache import LocalCache
-from client._config import ClientConfig
+from client._config import ClientConfig, ClientLimits
 from client._exceptions import (
     APIError,
     AuthenticationError,
@@ -26,39 +33,118 @@ from client._exceptions import (
     NotFoundError,
     OfflineError,
     PermissionDeniedError,
+    ResponseTooLargeError,
     error_for,
 )
 from client._models import TagInfo
 from mcnc_core.refs import Ref, parse_ref, validate_name, validate_tag
 
-__all__ = ["BaseClient", "Ref", "bundle_bytes", "base_bytes", "parse_ref", "retry_delay"]
+__all__ = [
+    "BaseClient",
+    "Ref",
+    "base_bytes",
+    "buffered",
+    "bundle_bytes",
+    "declared_int",
+    "expect_bundle",
+    "expect_safetensors",
+    "expect_weights",
+    "parse_ref",
+    "retry_delay",
+]
 
 _HEX64 = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 USER_AGENT = "mcnc-client/0.1"
-MAX_RETRY_AFTER = 60.0
 TOKEN_HELP = "pass a token: MCNC_TOKEN=<token>, --token <token> (token= in Python) or `mcnc login` (the token file)"
 
 
-def retry_delay(attempt: int, retries: int, status: int | None, retry_after: float | None) -> float | None:
+def retry_delay(
+    attempt: int, retries: int, status: int | None, retry_after: float | None, max_retry_after: float = 10.0
+) -> float | None:
     """Seconds to wait before retry ``attempt + 1``, or ``None`` to give up.
 
     Retried: connection errors (``status is None``) and 503 with exponential backoff and jitter
-    (0.5, 1, 2 s ...), and 429 after the server's ``Retry-After`` (capped at 60 s). Nothing else.
+    (0.5, 1, 2 s ...), and 429 after the server's ``Retry-After`` (1 s if it names none). A
+    ``Retry-After`` over ``max_retry_after`` (``MCNC_MAX_RETRY_AFTER``) is not waited for: the
+    caller gets the ``RateLimitError`` at once instead of a stall. Nothing else is retried; the
+    request's deadline bounds the sum of the waits.
     """
     if attempt >= retries:
         return None
     if status == 429:
-        return min(retry_after if retry_after is not None else 1.0, MAX_RETRY_AFTER)
+        wait = retry_after if retry_after is not None else 1.0
+        return wait if wait <= max_retry_after else None
     if status is None or status == 503:
         return 0.5 * 2**attempt * (0.8 + 0.4 * random.random())
     return None
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+    """``Retry-After`` in seconds: a number of seconds or an HTTP date; ``None`` if absent or unreadable."""
+    if value is None:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time() if when.tzinfo is not None else math.inf
+    return max(0.0, seconds) if not math.isnan(seconds) else None
+
+
+def declared_int(data: Any, key: str) -> int | None:
+    """A non-negative integer field of a JSON object the server sent, or ``None``."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if type(value) is int and value >= 0 else None
+
+
+def buffered(resp: httpx.Response, body: bytes) -> httpx.Response:
+    """``resp`` with its (bounded, already decoded) body in memory, for ``.json()`` and ``.content``."""
+    skip = {"content-encoding", "content-length", "transfer-encoding"}
+    headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in skip]
+    return httpx.Response(resp.status_code, headers=headers, content=body, request=resp.request)
+
+
+def expect_bundle(digest: str, declared: int | None, limits: ClientLimits) -> Expect:
+    """A bundle download: at most ``MCNC_MAX_BUNDLE_BYTES``, and no more than the size the server
+    declared for it; an MCNC bundle's header, which fixes its exact length.
+
+    Raises:
+        ResponseTooLargeError: the declared size is already over the cap (nothing is requested).
+    """
+    what = f"bundle sha256:{digest[:16]}"
+    if declared is not None and declared > limits.max_bundle_bytes:
+        raise ResponseTooLargeError(
+            f"{what}: the server declares {declared:,} B, over the client's cap of {limits.max_bundle_bytes:,} B "
+            "(MCNC_MAX_BUNDLE_BYTES); raise MCNC_MAX_BUNDLE_BYTES if the server is right",
+            limit=limits.max_bundle_bytes,
+            setting="MCNC_MAX_BUNDLE_BYTES",
+        )
+    if declared is not None and declared < limits.max_bundle_bytes:
+        return Expect(what, declared, None, on_header=bundle_check(what))
+    return Expect(what, limits.max_bundle_bytes, "MCNC_MAX_BUNDLE_BYTES", on_header=bundle_check(what))
+
+
+def expect_safetensors(what: str, layout: Mapping[str, tuple[str, tuple[int, ...]]], source: str) -> Expect:
+    """A safetensors download holding exactly ``layout`` (a base, a weights file): its length is
+    at most a header plus the data ``layout`` implies, and its header must list those tensors."""
+    data = sum(math.prod(shape) * _ITEMSIZE.get(dtype, 8) for dtype, shape in layout.values())
+    return Expect(what, 8 + MAX_HEADER + data, None, source=source, on_header=layout_check(what, layout))
+
+
+def expect_weights(digest: str, num_params: int | None) -> Expect:
+    """A weights file whose tensors the client does not know (``verify=False``): a header plus at
+    most 8 bytes per parameter the server declared, when it declared them."""
+    what = f"weights of sha256:{digest[:16]}"
+    if num_params is None:
+        return Expect(what, 1 << 62, None, source="no bound: the server declared no size")
+    return Expect(what, 8 + MAX_HEADER + 8 * num_params, None, source="8 B for each parameter the server declared")
+
+
+_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+             "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
 
 def error_from_response(status: int, headers: Any, body: bytes, request: str = "") -> APIError:
@@ -191,7 +277,9 @@ class BaseClient:
         return m.group(1)
 
     def _remember(self, ref: Ref, digest: str) -> None:
-        if ref.name and ref.tag:
+        """Point ``ref`` at ``digest`` in the cache, once the cache holds that digest's verified blob
+        (never before: an offline load must not find a ref to a blob that failed its check)."""
+        if ref.name and ref.tag and self.cache.has(digest):
             self.cache.write_ref(ref.name, ref.tag, digest)
 
     @staticmethod

@@ -94,16 +94,17 @@ class LocalCache:
         self._ensure()
         return FileLock(self.root / ".locks" / f"{self.blob(digest).name}.lock", thread_local=False)
 
-    def commit(self, digest: str, tmp: Path, *, digest_of: str) -> Path:
+    def commit(self, digest: str, tmp: Path, *, digest_of: str, sha256: str | None = None) -> Path:
         """Move a finished download into place once its content matches ``digest``: the sha256
-        of the file (``digest_of="file"``: bundles) or the ``mcnc_core.state_digest`` of its
-        tensors (``"state"``: bases). Blobs in the cache are therefore verified once, on entry.
+        of the file (``digest_of="file"``: bundles; ``sha256``: the one hashed while it streamed
+        in, else the file is read again) or the ``mcnc_core.state_digest`` of its tensors
+        (``"state"``: bases). Blobs in the cache are therefore verified once, on entry.
 
         Raises:
             IntegrityError: the digest differs or the file is unreadable (the partial file is deleted).
         """
         try:
-            got = sha256_file(tmp) if digest_of == "file" else _state_digest_file(tmp)
+            got = (sha256 or sha256_file(tmp)) if digest_of == "file" else _state_digest_file(tmp)
         except IntegrityError:
             tmp.unlink(missing_ok=True)
             raise

@@ -6,8 +6,11 @@
     ├── InvalidArgumentError (ValueError) an argument the client cannot use (names it and the fix)
     ├── OfflineError                 offline mode and the cache lacks what is needed
     ├── ConnectionFailedError        the server could not be reached (after retries)
+    │   └── DeadlineExceededError    a request or download overran its deadline (a dripping server)
     ├── IntegrityError               size, sha256 or fingerprint check failed
-    │   └── BaseMismatchError        load(base=...): the given base is not the one the delta was trained on
+    │   ├── BaseMismatchError        load(base=...): the given base is not the one the delta was trained on
+    │   └── ResponseTooLargeError    a body over a client cap or its declared size (names cap and setting)
+    ├── InsufficientMemoryError      load / download_adapter would allocate more than this process can get
     ├── AdapterExportError           download_adapter: the bundle has no exact PEFT LoRA form
     ├── StateDictMismatchError       load(model=...): missing/unexpected keys, other shapes, meta tensors
     └── APIError                     the server answered with an error envelope
@@ -53,6 +56,8 @@ __all__ = [
     "CacheFallbackWarning",
     "ConflictError",
     "ConnectionFailedError",
+    "DeadlineExceededError",
+    "InsufficientMemoryError",
     "IntegrityError",
     "InvalidArgumentError",
     "InvalidBaseError",
@@ -67,6 +72,7 @@ __all__ = [
     "PermissionDeniedError",
     "RangeNotSatisfiableError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "ServerError",
     "StateDictMismatchError",
     "UnsupportedMediaTypeError",
@@ -96,8 +102,31 @@ class ConnectionFailedError(MCNCClientError):
     """The server could not be reached, after the configured retries."""
 
 
+class DeadlineExceededError(ConnectionFailedError):
+    """A request or download did not finish within its deadline (``MCNC_REQUEST_DEADLINE``,
+    ``MCNC_DOWNLOAD_DEADLINE``), retries and back-off included: the server sends too slowly."""
+
+
 class IntegrityError(MCNCClientError):
     """Downloaded or reconstructed data failed its size, sha256 or fingerprint check."""
+
+
+class ResponseTooLargeError(IntegrityError):
+    """A response body is larger than a client cap (``limit`` bytes, set by ``setting``) or than
+    the size the server declared for it. Nothing past the cap was read, nothing entered the cache."""
+
+    def __init__(self, message: str, *, limit: int, setting: str | None) -> None:
+        super().__init__(message)
+        self.limit, self.setting = limit, setting
+
+
+class InsufficientMemoryError(MCNCClientError):
+    """Reconstructing would allocate ``needed`` bytes, more than the ``available`` ones
+    (``MCNC_MAX_LOAD_BYTES``, else what this process can get); nothing was allocated."""
+
+    def __init__(self, message: str, *, needed: int, available: int) -> None:
+        super().__init__(message)
+        self.needed, self.available = needed, available
 
 
 class BaseMismatchError(IntegrityError):

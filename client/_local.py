@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +22,15 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 __all__ = [
+    "LoadPlan",
     "check_given_base",
     "export_adapter",
     "given_base",
+    "plan_load",
     "reconstruct_local",
     "state_digest_file",
     "verify_weights_file",
+    "weights_layout",
 ]
 
 _DTYPES = {"float32", "float16", "bfloat16"}
@@ -39,6 +44,75 @@ def _torch_dtype(dtype: Any) -> Any:
     if dtype not in _DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
     return getattr(torch, dtype)
+
+
+Layout = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What ``load`` learned from a cached bundle before it downloads or allocates anything else.
+
+    Attributes:
+        needed: bytes the reconstruction will allocate (checked against what it may use).
+        base: a delta's base digest and the exact tensors its file must hold; ``None`` in full mode.
+    """
+
+    needed: int
+    base_digest: str | None
+    base: Layout | None
+
+
+def _peak_decode_bytes(bundle: Any, dtype: Any = None) -> int:
+    """What the decode of the bundle's largest tensor allocates at once, low-rank factors included:
+    the server's own count (``mcnc_core.peak_decode_bytes``). It counts that tensor's output (and
+    base) once more than ``plan_load`` already does: conservative by one tensor."""
+    import mcnc_core
+
+    return int(mcnc_core.peak_decode_bytes(bundle, dtype))
+
+
+def plan_load(
+    bundle_path: Path, *, device: str, dtype: Any, into_model: bool, given_base: bool, limit: int | None
+) -> LoadPlan:
+    """Check that reconstructing a cached bundle fits in memory, before anything is allocated.
+
+    Counted: the outputs at their dtype (none when decoding straight into ``model``'s tensors),
+    a cached base read from disk, and the decode's peak (``mcnc_core.peak_decode_bytes``).
+
+    Raises:
+        InsufficientMemoryError: more than ``limit`` (``MCNC_MAX_LOAD_BYTES``), else than this
+            process can get now, naming both figures.
+        InvalidArgumentError: an unknown ``dtype``.
+    """
+    import mcnc_core
+    from client._memory import check_fits
+    from mcnc_core.reconstruct import base_names, output_dtype
+    from mcnc_core.safetensors_io import ITEMSIZE, TORCH_TO_DTYPE
+
+    bundle = mcnc_core.load_bundle(bundle_path)
+    want = _torch_dtype(dtype)
+    outputs = 0 if into_model else sum(
+        e.numel * ITEMSIZE[TORCH_TO_DTYPE[output_dtype(e, want)]] for e in bundle.manifest
+    )  # fmt: skip
+    layout = None
+    if bundle.base is not None and not given_base:
+        layout = {n: (bundle.entry(n).dtype, bundle.entry(n).shape) for n in base_names(bundle)}
+    base = sum(math.prod(shape) * ITEMSIZE[dt] for dt, shape in layout.values()) if layout else 0
+    needed = outputs + base + _peak_decode_bytes(bundle, want)
+    check_fits(f"reconstructing {bundle_path.name}", needed, device=device, limit=limit)
+    return LoadPlan(needed, bundle.base.sha256 if bundle.base else None, layout)
+
+
+def weights_layout(bundle_path: Path, dtype: str | None) -> Layout:
+    """The tensors ``GET /models/{digest}/weights?dtype=`` must send for a cached bundle."""
+    import mcnc_core
+    from mcnc_core.reconstruct import output_dtype
+    from mcnc_core.safetensors_io import TORCH_TO_DTYPE
+
+    bundle = mcnc_core.load_bundle(bundle_path)
+    want = _torch_dtype(None if dtype in (None, "native") else dtype)
+    return {e.name: (TORCH_TO_DTYPE[output_dtype(e, want)], e.shape) for e in bundle.manifest}
 
 
 def given_base(base: Mapping[str, Tensor] | nn.Module) -> Mapping[str, Tensor]:
@@ -126,18 +200,31 @@ def reconstruct_local(
     return state, time.perf_counter() - start
 
 
-def export_adapter(bundle_path: Path, out_dir: Path, *, dtype: Any, base_model_name_or_path: str | None) -> int:
+def export_adapter(
+    bundle_path: Path, out_dir: Path, *, dtype: Any, base_model_name_or_path: str | None, limit: int | None = None
+) -> int:
     """Write a cached delta bundle as a PEFT LoRA adapter directory (``mcnc_core.export_peft``).
+
+    The factors are held twice (tensors, then their safetensors bytes) besides the decode's peak;
+    that is checked against ``limit`` (``MCNC_MAX_LOAD_BYTES``, else free memory) first.
 
     Returns:
         The bytes written (``adapter_config.json`` and ``adapter_model.safetensors``).
 
     Raises:
         AdapterExportError: the bundle has no exact PEFT LoRA form (full mode, rank 0, ...).
+        InsufficientMemoryError: the export would not fit (nothing was allocated).
     """
     import mcnc_core
+    from client._memory import check_fits
+    from mcnc_core.safetensors_io import ITEMSIZE, TORCH_TO_DTYPE
 
     bundle = mcnc_core.load_bundle(bundle_path)
+    size = ITEMSIZE[TORCH_TO_DTYPE[_torch_dtype(dtype)]]
+    factors = sum(sum(math.prod(f) for f in e.factors()) for e in bundle.manifest if e.storage == "mcnc" and e.rank)
+    raw = sum(t.numel() * t.element_size() for t in bundle.raw.values())
+    needed = 2 * (factors * size + raw) + _peak_decode_bytes(bundle)
+    check_fits(f"exporting {bundle_path.name} as an adapter", needed, device="cpu", limit=limit)
     try:
         out = mcnc_core.export_peft(
             bundle, out_dir, dtype=_torch_dtype(dtype), base_model_name_or_path=base_model_name_or_path

@@ -30,6 +30,7 @@ class Partial:
         self.etag: str | None = meta.get("etag")
         self.total: int | None = meta.get("total")
         self.sha256: str | None = meta.get("sha256")
+        self.appending = False  # set by open(): the response continues what the file holds
 
     def _read_sidecar(self) -> dict[str, Any]:
         try:
@@ -62,10 +63,10 @@ class Partial:
             if not m or int(m.group(1)) != self.size:
                 raise IntegrityError(f"server resumed at {headers.get('content-range')!r}, we hold {self.size} bytes")
             append, total = True, int(m.group(3))
-        else:
-            length = headers.get("content-length")
-            total = int(length) if length is not None else None
-        self.etag, self.total = headers.get("etag"), total
+        else:  # a length that is not a number is no length: the safetensors framing checks the end
+            length = (headers.get("content-length") or "").strip()
+            total = int(length) if length.isdigit() else None
+        self.etag, self.total, self.appending = headers.get("etag"), total, append
         self.sha256 = (headers.get("x-mcnc-weights-digest") or "").removeprefix("sha256:") or None
         self.sidecar.write_text(json.dumps({"etag": self.etag, "total": self.total, "sha256": self.sha256}))
         with open(self.path, "ab" if append else "wb") as f:
@@ -83,23 +84,20 @@ class Partial:
         self.sidecar.unlink(missing_ok=True)
 
 
-def finish_download(partial: Partial, dest: Path, bundle_path: Path | None) -> float:
+def finish_download(partial: Partial, dest: Path, bundle_path: Path | None, sha256: str) -> float:
     """Check a completed weights download and rename it to ``dest`` atomically.
 
-    Checks: the size (already), the sha256 when the server advertised one, and with a bundle
-    every tensor against its fingerprint. A failed check deletes the partial file.
+    Checks: the size and the safetensors framing (already, while it streamed in), the sha256
+    (``sha256``, hashed as it streamed) when the server advertised one, and with a bundle every
+    tensor against its fingerprint. A failed check deletes the partial file.
 
     Returns:
         Seconds spent verifying.
     """
     start = time.perf_counter()
     try:
-        if partial.sha256:
-            from client._cache import sha256_file  # a whole-file hash: AsyncClient calls this in a thread
-
-            got = sha256_file(partial.path)
-            if got != partial.sha256:
-                raise IntegrityError(f"weights sha256 is {got}, the server advertised {partial.sha256}")
+        if partial.sha256 and sha256 != partial.sha256:
+            raise IntegrityError(f"weights sha256 is {sha256}, the server advertised {partial.sha256}")
         if bundle_path is not None:
             from client._local import verify_weights_file
 

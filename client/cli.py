@@ -214,6 +214,7 @@ def _wrap(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[arg
             AdapterExportError,
             APIError,
             ConnectionFailedError,
+            InsufficientMemoryError,
             IntegrityError,
             NotFoundError,
             OfflineError,
@@ -227,7 +228,7 @@ def _wrap(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[arg
             return fail(name, "integrity error", exc, EXIT_INTEGRITY)
         except AdapterExportError as exc:
             return fail(name, "not an adapter", exc, EXIT_BAD_INPUT)
-        except StateDictMismatchError as exc:
+        except (StateDictMismatchError, InsufficientMemoryError) as exc:
             return fail(name, "error", exc, EXIT_BAD_INPUT)
         except NotFoundError as exc:
             return fail(name, "not found", exc, EXIT_NOT_FOUND)

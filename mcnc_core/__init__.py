@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mcnc_core.backend import Backend, CPUBackend, CUDABackend, backend_for
-    from mcnc_core.bundle import Bundle, ReadLimits, export_bundle, load_bundle, save_bundle
+    from mcnc_core.bundle import Bundle, ReadLimits, load_bundle, peak_decode_bytes, save_bundle
     from mcnc_core.compress import base_state_dict, compress, materialize
     from mcnc_core.config import MCNCConfig
     from mcnc_core.errors import (
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         UnexpectedTensorError,
         UnsupportedVersionError,
     )
+    from mcnc_core.export import export_bundle
     from mcnc_core.fingerprint import state_digest
     from mcnc_core.generator import Generator, GeneratorSpec
     from mcnc_core.peft import check_vllm, export_peft, peft_adapter_files
@@ -82,6 +83,7 @@ __all__ = [
     "load_bundle",
     "materialize",
     "param_groups",
+    "peak_decode_bytes",
     "peft_adapter_files",
     "reconstruct",
     "reconstruct_into",
@@ -121,12 +123,13 @@ _LAZY = {
     "base_state_dict": "mcnc_core.compress",
     "check_vllm": "mcnc_core.peft",
     "compress": "mcnc_core.compress",
-    "export_bundle": "mcnc_core.bundle",
+    "export_bundle": "mcnc_core.export",
     "export_peft": "mcnc_core.peft",
     "iter_reconstruct": "mcnc_core.reconstruct",
     "load_bundle": "mcnc_core.bundle",
     "materialize": "mcnc_core.compress",
     "param_groups": "mcnc_core.recipe",
+    "peak_decode_bytes": "mcnc_core.bundle",
     "peft_adapter_files": "mcnc_core.peft",
     "reconstruct": "mcnc_core.reconstruct",
     "reconstruct_into": "mcnc_core.reconstruct",

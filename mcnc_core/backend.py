@@ -20,7 +20,6 @@ which is PyTorch's default. A process that lowered it (``torch.set_float32_matmu
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 from abc import ABC, abstractmethod
@@ -29,31 +28,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 import torch
 from torch import Tensor
 
+from mcnc_core.devices import exact_float32, resolve_device
 from mcnc_core.hostmem import OutputRecycler
 
 __all__ = ["Backend", "CPUBackend", "CUDABackend", "backend_for", "exact_float32"]
-
-_PRECISION_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def exact_float32() -> Iterator[None]:
-    """Full IEEE float32 matmuls inside the block.
-
-    A no-op when the process already runs them (PyTorch's default, and every server): nothing
-    global changes. Otherwise the setting is raised and restored under a lock; other threads of
-    the process see "highest" meanwhile (raising precision never breaks a caller).
-    """
-    if torch.get_float32_matmul_precision() == "highest":
-        yield
-        return
-    with _PRECISION_LOCK:
-        previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(previous)
 
 
 def _cuda_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, *, device: torch.device) -> Tensor:
@@ -146,9 +124,7 @@ class CUDABackend(Backend):
     """
 
     def __init__(self, device: str | torch.device = "cuda") -> None:
-        from mcnc_core.reconstruct import _device
-
-        self.device = _device(device)
+        self.device = resolve_device(device)
         if self.device.type != "cuda":
             raise ValueError(f"CUDABackend needs a CUDA device, got {self.device}")
         self._copy_streams: dict[int, torch.cuda.Stream] = {}
@@ -202,9 +178,7 @@ def backend_for(device: str | torch.device = "auto", *, recycler: OutputRecycler
     """
     if isinstance(device, str) and device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from mcnc_core.reconstruct import _device
-
-    dev = _device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         return CUDABackend(dev)
     if dev.type != "cpu":

@@ -1,4 +1,7 @@
-"""``Bundle``: a compressed model in memory, ``export_bundle``, and bundle file I/O (format v1).
+"""``Bundle``: a compressed model in memory, and bundle file I/O (format v1).
+
+``export_bundle`` (a trained model to a ``Bundle``) lives in ``mcnc_core.export``: this format
+module imports neither training nor decoding.
 
 The file format is specified in ``docs/bundle-format.md``; this module is its reference
 implementation. Reading is strict and bounded: every size is checked against the buffer and
@@ -12,14 +15,13 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mcnc_core.compress import base_state_dict, get_state
 from mcnc_core.config import MCNCConfig
 from mcnc_core.errors import (
     BundleError,
@@ -29,12 +31,11 @@ from mcnc_core.errors import (
     GeneratorMismatchError,
     ManifestError,
     MissingTensorError,
-    ModelError,
     NonFiniteError,
     UnexpectedTensorError,
     UnsupportedVersionError,
 )
-from mcnc_core.fingerprint import FINGERPRINT_ALGORITHM, N_SAMPLES, state_digest
+from mcnc_core.fingerprint import FINGERPRINT_ALGORITHM, N_SAMPLES
 from mcnc_core.generator import (
     GENERATOR_FAMILY,
     INIT_RULES,
@@ -42,7 +43,14 @@ from mcnc_core.generator import (
     generator_sha256,
     verified_generator_sha256,
 )
-from mcnc_core.manifest import FLOAT_DTYPES, BaseRef, TensorEntry, manifest_from_json, manifest_to_json
+from mcnc_core.manifest import (
+    FLOAT_DTYPES,
+    BaseRef,
+    TensorEntry,
+    decode_bytes,
+    manifest_from_json,
+    manifest_to_json,
+)
 from mcnc_core.safetensors_io import (
     DTYPE_TO_TORCH,
     ITEMSIZE,
@@ -58,8 +66,8 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "Bundle",
     "ReadLimits",
-    "export_bundle",
     "load_bundle",
+    "peak_decode_bytes",
     "save_bundle",
 ]
 
@@ -94,6 +102,9 @@ class ReadLimits:
             paper's largest generators hold ~1.1M).
         max_generator_macs: multiply-adds of the generator's Gram matrix, ``width² · chunk_size``
             (default 2**33: a few seconds on one core; width 1024 with chunk_size 8192).
+        max_factor_params: numbers the decode of any single tensor generates, ``(rows + cols) ·
+            rank`` for low-rank factors (``numel`` at rank 0); ``None``: ``max_tensor_params``. A
+            tiny tensor at a huge rank would otherwise decode gigabytes of factors.
     """
 
     max_bytes: int = 2 << 30
@@ -103,6 +114,7 @@ class ReadLimits:
     max_tensors: int = 1_000_000
     max_generator_numel: int = 2**24
     max_generator_macs: int = 2**33
+    max_factor_params: int | None = None
 
 
 @dataclass(eq=False)
@@ -216,6 +228,19 @@ class Bundle:
         return bundle
 
 
+def peak_decode_bytes(bundle: Bundle, dtype: Any = None) -> int:
+    """Bytes the decode of the bundle's largest tensor allocates (``manifest.decode_bytes``): what
+    ``iter_reconstruct`` needs at once besides the tensors its consumer still holds.
+
+    Args:
+        bundle: the bundle (its manifest, chunk size and mode are read; nothing is decoded).
+        dtype: the output dtype asked for (``torch.dtype``, safetensors code, or ``None``).
+    """
+    delta = bundle.base is not None
+    chunk = bundle.spec.chunk_size
+    return max((decode_bytes(e, dtype, chunk_size=chunk, delta=delta) for e in bundle.manifest), default=0)
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
@@ -297,6 +322,7 @@ def _parse_metadata(
         chunk_size=spec.chunk_size,
         max_params=limits.max_params,
         max_tensor_params=limits.max_tensor_params,
+        max_factor_params=limits.max_factor_params,
     )
     if mode == "delta":
         if "base" not in meta:
@@ -408,72 +434,3 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(data)
-
-
-@torch.no_grad()
-def export_bundle(model: nn.Module, *, metadata: dict[str, str] | None = None) -> Bundle:
-    """Snapshot a compressed model as a ``Bundle`` (codes, raw tensors, fingerprint).
-
-    The fingerprint is computed from a float32 reconstruction on the model's device.
-
-    Args:
-        model: a model after ``compress``.
-        metadata: extra string metadata; keys must start with ``x-``.
-
-    Raises:
-        ModelError: the model is not compressed, or (delta mode) a tensor read from the base
-            was changed after ``compress`` (make it ``trainable`` so it travels raw).
-    """
-    from mcnc_core.fingerprint import tensor_fingerprint
-    from mcnc_core.reconstruct import iter_reconstruct
-
-    state = get_state(model)
-    metadata = dict(metadata or {})
-    for k, v in metadata.items():
-        if not (isinstance(k, str) and k.startswith("x-") and isinstance(v, str)):
-            raise ModelError(f"metadata keys must be strings starting with 'x-' and values strings, got {k!r}: {v!r}")
-    base: dict[str, Tensor] | None = None
-    base_ref = None
-    if state.config.mode == "delta":
-        base = base_state_dict(model)
-        if state_digest(base) != state.base_digest:
-            changed = [n for n in base if n in dict(model.named_parameters()) and model.get_parameter(n).requires_grad]
-            raise ModelError(
-                f"tensors read from the base changed since compress (trainable: {changed[:5]}); "
-                "list them in MCNCConfig.trainable so they travel raw"
-            )
-        assert state.base_digest is not None
-        base_ref = BaseRef(state.config.base_name, state.base_digest)
-    sd = model.state_dict()
-    manifest, alphas, betas, offset = [], [], [], 0
-    for e in state.entries:
-        if e.storage == "mcnc":
-            mw = state.targets[e.name]
-            n = mw.alpha.shape[0]
-            # dtypes as they are now: model.half() after compress changes what the model holds.
-            manifest.append(replace(e, dtype=TORCH_TO_DTYPE[mw.out_dtype], chunk_offset=offset, chunks=n))
-            alphas.append(mw.alpha.detach().float().cpu())
-            betas.append(mw.beta.detach().float().cpu())
-            offset += n
-        elif e.storage == "raw":
-            manifest.append(replace(e, dtype=TORCH_TO_DTYPE[sd[e.name].dtype]))
-        else:
-            manifest.append(e)
-    raw = {e.name: sd[e.name].detach().cpu().clone().contiguous() for e in manifest if e.storage == "raw"}
-    bundle = Bundle(
-        state.generator.spec,
-        state.config,
-        tuple(manifest),
-        torch.cat(alphas),
-        torch.cat(betas),
-        raw,
-        base_ref,
-        metadata=metadata,
-    )
-    device = state.generator.w_out_t.device
-    index = {e.name: i for i, e in enumerate(manifest)}
-    # float32 outputs: the fingerprint describes the float32 reconstruction of every tensor.
-    for name, t in iter_reconstruct(bundle, base=base, device=device, dtype=torch.float32, verify_base=False):
-        if t.is_floating_point():
-            bundle.fingerprint[name] = tensor_fingerprint(t, index[name])
-    return bundle

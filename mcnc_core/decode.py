@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mcnc_core.generator import Generator, _kernels  # _kernels: None without the extension
 
-__all__ = ["block_chunks", "decode_factors", "decode_tensor", "decode_tensor_into"]
+__all__ = ["block_chunks", "decode_factors", "decode_factors_as", "decode_tensor", "decode_tensor_into"]
 
 # Elements decoded per block. CPU: from 256 Ki (1 MiB of float32, so small tensors still split
 # into blocks for both workers) up to 2 Mi for big tensors (fewer per-op overheads: measured
@@ -36,26 +36,37 @@ _ROW_QUANTUM = 16
 
 
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
+_DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what ``Generator.output_into`` writes
 
 # Below this many values a slice is copied with torch (streaming stores pay off for memory-bound
 # writes; a small slice of a small tensor is written to cache and read again soon anyway).
 _NT_MIN_VALUES = 1 << 14
 
 
+# ``_kernels.cast``'s out_kind per half-precision dtype: its rounding is torch's, bit for bit
+# (every float32 bit pattern is checked against torch in tests/core/test_native_cast.py).
+_HALF_KINDS = {torch.float16: 1, torch.bfloat16: 2}
+_NATIVE_CAST = _kernels is not None and _kernels.gemm_available()
+
+
 def _store(dst: Tensor, src: Tensor) -> None:
-    """``dst.copy_(src)`` for 1-d contiguous ``dst``/``src`` (same numel); float32 to float32 on CPU
-    goes through streaming stores, which skip reading the destination (no bit changes: a copy)."""
+    """``dst.copy_(src)`` for 1-d contiguous ``dst``/``src`` (same numel). On CPU a float32 ``src``
+    goes through streaming stores, which skip reading the destination: a copy into float32, or
+    torch's rounding to float16/bfloat16 done by the native kernel (the same bits as ``copy_``)."""
     if (
         _kernels is not None
-        and dst.dtype == torch.float32
         and src.dtype == torch.float32
         and dst.device.type == "cpu"
         and src.device.type == "cpu"
         and dst.numel() >= _NT_MIN_VALUES
     ):
-        _kernels.copy(dst.data_ptr(), src.data_ptr(), dst.numel())
-    else:
-        dst.copy_(src)
+        if dst.dtype == torch.float32:
+            _kernels.copy(dst.data_ptr(), src.data_ptr(), dst.numel())
+            return
+        if _NATIVE_CAST and dst.dtype in _HALF_KINDS:
+            _kernels.cast(dst.data_ptr(), src.data_ptr(), dst.numel(), _HALF_KINDS[dst.dtype])
+            return
+    dst.copy_(src)
 
 
 def _overlap(a: Tensor, b: Tensor) -> str:
@@ -227,6 +238,29 @@ def decode_factors(gen: Generator, alpha: Tensor, beta: Tensor, factors: Sequenc
     return parts
 
 
+@torch.no_grad()
+def decode_factors_as(
+    gen: Generator, alpha: Tensor, beta: Tensor, factors: Sequence[tuple[int, ...]], dtype: torch.dtype
+) -> list[Tensor]:
+    """``[f.to(dtype) for f in decode_factors(...)]`` bit for bit, without autograd and faster: the
+    chunks are decoded as one flat tensor by ``decode_tensor_into`` (the same blocks, so the same
+    float32 values), in parallel, and a float16/bfloat16 ``dtype`` is rounded inside the output
+    kernel on CPU. What adapter export (``mcnc_core.peft``) writes its LoRA factors with.
+
+    Returns:
+        One tensor per factor, of that factor's shape and ``dtype`` (views of one buffer).
+    """
+    d = gen.spec.chunk_size
+    n = alpha.shape[0]
+    flat = torch.empty(n * d, dtype=dtype, device=alpha.device)
+    decode_tensor_into(gen, alpha, beta, (n * d,), [(n * d,)], flat)
+    parts, start = [], 0
+    for f, c in zip(factors, _factor_chunks(factors, d), strict=True):
+        parts.append(flat[start * d : start * d + math.prod(f)].view(f))
+        start += c
+    return parts
+
+
 def decode_tensor(
     gen: Generator,
     alpha: Tensor,
@@ -290,14 +324,16 @@ def decode_tensor_into(
         if overlap == "partial":
             base_flat = base_flat.clone()
 
-    direct = base_flat is None and out.dtype == torch.float32 and out.device.type == "cpu"
+    # float16/bfloat16 outputs too: the kernel rounds its float32 results in registers (torch's
+    # rounding), so a half-precision stream writes half the bytes instead of a float32 pass + a cast.
+    direct = base_flat is None and out.dtype in _DIRECT_DTYPES and out.device.type == "cpu"
 
     def block(i: int) -> None:
         rows = min(step, alpha.shape[0] - i)
         hs = _padded_hidden(gen, alpha[i : i + rows], beta[i : i + rows], step)  # (m, width)
         lo, hi = i * d, min(numel, (i + rows) * d)
-        # The native kernel writes the block's whole chunks straight into a float32 output (a full
-        # tensor: no base to add, nothing to cast).
+        # The native kernel writes the block's whole chunks straight into a float32, float16 or
+        # bfloat16 output (a full tensor: no base to add).
         first = 0
         if direct and hi - lo >= d:
             first = (hi - lo) // d

@@ -333,6 +333,10 @@ def _differentiable(hs: Tensor) -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
 
 
+# ``_kernels.gemm``'s out_kind per output dtype (mcnc_core/_kernels.c).
+_OUT_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
 def _gemm(hs: Tensor, w_out: Tensor, w_out_t: Tensor, out: Tensor | None = None, *, stream: bool = False) -> Tensor:
     """``hs @ W_outᵀ`` with this machine's CPU kernel (``_CPU_GEMM``); ``out`` (rows contiguous) with
     the native kernel or MKL; ``stream``: the native kernel writes ``out`` with streaming stores."""
@@ -342,7 +346,10 @@ def _gemm(hs: Tensor, w_out: Tensor, w_out_t: Tensor, out: Tensor | None = None,
             out = torch.empty(hs.shape[0], w_out_t.shape[1])
         assert out.stride(1) == 1 and out.shape == (hs.shape[0], w_out_t.shape[1]) and w_out_t.is_contiguous()
         m, k = hs.shape
-        _kernels.gemm(hs.data_ptr(), w_out_t.data_ptr(), out.data_ptr(), m, k, out.shape[1], k, out.stride(0), stream)
+        kind = _OUT_KINDS[out.dtype]  # a half-precision ``out`` is rounded in the kernel (torch's rounding)
+        _kernels.gemm(
+            hs.data_ptr(), w_out_t.data_ptr(), out.data_ptr(), m, k, out.shape[1], k, out.stride(0), stream, kind
+        )
         return out
     if _CPU_GEMM == "mkl":
         return torch.mm(hs, w_out_t, out=out) if out is not None else torch.mm(hs, w_out_t)
@@ -454,10 +461,18 @@ class Generator(nn.Module):
             yield 0, hs @ self.w_out_t
 
     def output_into(self, hs: Tensor, out: Tensor) -> bool:
-        """Write ``hs @ W_outᵀ`` straight into ``out`` (``(m, chunk_size)`` float32, rows contiguous)
-        with streaming stores, the same bits as ``output_slices``; only with the native kernel on
-        CPU (returns False, writing nothing, otherwise: use ``output_slices``)."""
-        if _CPU_GEMM != "native" or hs.device.type != "cpu" or hs.dtype != torch.float32 or _differentiable(hs):
+        """Write ``hs @ W_outᵀ`` straight into ``out`` (``(m, chunk_size)``, rows contiguous) with
+        streaming stores, the same bits as ``output_slices`` (float32 ``out``) or as its result cast
+        with ``.to(out.dtype)`` (float16/bfloat16 ``out``: rounded in the kernel, bit for bit as
+        torch rounds); only with the native kernel on CPU (returns False, writing nothing,
+        otherwise: use ``output_slices``)."""
+        if (
+            _CPU_GEMM != "native"
+            or hs.device.type != "cpu"
+            or hs.dtype != torch.float32
+            or out.dtype not in _OUT_KINDS
+            or _differentiable(hs)
+        ):
             return False
         _gemm(hs, self.w_out, self.w_out_t, out, stream=True)
         return True

@@ -9,9 +9,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mcnc_core.errors import BundleLimitError, DuplicateTensorError, ManifestError
-from mcnc_core.safetensors_io import DTYPE_TO_TORCH
+from mcnc_core.safetensors_io import DTYPE_TO_TORCH, ITEMSIZE, TORCH_TO_DTYPE
 
-__all__ = ["BaseRef", "Storage", "TensorEntry", "factor_shapes", "manifest_from_json", "manifest_to_json"]
+__all__ = [
+    "BaseRef",
+    "Storage",
+    "TensorEntry",
+    "decode_bytes",
+    "factor_params",
+    "factor_shapes",
+    "manifest_from_json",
+    "manifest_to_json",
+]
 
 Storage = Literal["mcnc", "raw", "base"]
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -25,6 +34,11 @@ def factor_shapes(shape: Sequence[int], rank: int) -> tuple[tuple[int, ...], ...
         return (tuple(shape),)
     rows, cols = shape[0], math.prod(shape[1:])
     return ((rows, rank), (rank, cols))
+
+
+def factor_params(shape: Sequence[int], rank: int) -> int:
+    """Numbers a decode generates for a tensor: ``numel`` at rank 0, else ``(rows + cols) * rank``."""
+    return sum(math.prod(f) for f in factor_shapes(shape, rank))
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,12 @@ class TensorEntry:
 
     def factors(self) -> tuple[tuple[int, ...], ...]:
         return factor_shapes(self.shape, self.rank)
+
+    @property
+    def factor_params(self) -> int:
+        """Numbers the decode generates: ``numel`` at rank 0, ``(rows + cols) * rank`` for factors
+        (0 for tensors that are not generated)."""
+        return factor_params(self.shape, self.rank) if self.storage == "mcnc" else 0
 
     def chunks_needed(self, chunk_size: int) -> int:
         return sum(-(-math.prod(f) // chunk_size) for f in self.factors())
@@ -88,6 +108,46 @@ class BaseRef:
         return cls(name, digest)
 
 
+_F32 = 4
+
+
+def decode_bytes(entry: TensorEntry, dtype: Any = None, *, chunk_size: int | None = None, delta: bool = False) -> int:
+    """Bytes that decoding ``entry`` allocates at its peak (``mcnc_core.reconstruct``), output included.
+
+    What is counted, by storage (sizes from the manifest alone, nothing allocated):
+
+    - every tensor: its output, ``numel * itemsize`` of the output dtype (``dtype``: a
+      ``torch.dtype`` or a safetensors code such as ``"F16"``, applies to floating tensors;
+      ``None``: the tensor's own);
+    - ``mcnc`` at rank 0: a float32 scratch when the output is not float32 (the fingerprint is
+      checked on float32 values before the cast);
+    - ``mcnc`` at rank ``r > 0``: the generated factors twice (``(rows + cols) * r`` float32 numbers,
+      rounded up to whole chunks when ``chunk_size`` is given: the decoded blocks and their
+      concatenation live together), their float32 product ``A @ B``, and in delta mode the float32
+      sum with the base;
+    - delta mode (``delta=True``) ``mcnc`` and ``base`` entries: the base tensor as read.
+
+    The decoding blocks themselves (a few MiB per worker) are not counted.
+    """
+    if dtype is not None and not isinstance(dtype, str):
+        dtype = TORCH_TO_DTYPE[dtype]
+    own = ITEMSIZE[entry.dtype]
+    out_item = ITEMSIZE[dtype] if dtype is not None and entry.dtype in FLOAT_DTYPES else own
+    total = entry.numel * out_item
+    if entry.storage == "base" or (delta and entry.storage == "mcnc"):
+        total += entry.numel * own  # the base tensor, read from the base file
+    if entry.storage != "mcnc":
+        return total
+    if entry.rank == 0:
+        return total + (entry.numel * _F32 if out_item != _F32 or own != _F32 else 0)
+    generated = entry.chunks * chunk_size if chunk_size is not None else entry.factor_params
+    total += 2 * generated * _F32  # blocks + their concatenation (decode.decode_factors)
+    total += entry.numel * _F32  # A @ B
+    if delta:
+        total += entry.numel * _F32  # base + A @ B
+    return total
+
+
 def manifest_to_json(entries: Sequence[TensorEntry]) -> list[dict[str, Any]]:
     return [e.to_json() for e in entries]
 
@@ -99,12 +159,20 @@ def _int(entry: str, key: str, v: Any, lo: int, hi: int) -> int:
 
 
 def manifest_from_json(
-    data: Any, *, mode: str, chunk_size: int, max_params: int, max_tensor_params: int
+    data: Any,
+    *,
+    mode: str,
+    chunk_size: int,
+    max_params: int,
+    max_tensor_params: int,
+    max_factor_params: int | None = None,
 ) -> tuple[TensorEntry, ...]:
     """Parse and validate a manifest without allocating anything proportional to its sizes.
 
     Checks: entry fields and types; unique names; dtypes (``mcnc`` entries are floating point);
-    declared sizes within ``max_tensor_params`` each and ``max_params`` in all; ``rank`` only on
+    declared sizes within ``max_tensor_params`` each and ``max_params`` in all; the numbers a tensor's
+    decode generates (``(rows + cols) * rank`` for low-rank factors) within ``max_factor_params``
+    (default: ``max_tensor_params``); ``rank`` only on
     tensors of >= 2 dims; each ``mcnc`` entry's ``chunks`` equals what its factors need at
     ``chunk_size``; chunk ranges contiguous from 0 in manifest order; ``base`` only in delta mode.
 
@@ -113,6 +181,7 @@ def manifest_from_json(
     """
     if not isinstance(data, list) or not data:
         raise ManifestError("manifest must be a non-empty JSON list")
+    max_factor_params = max_tensor_params if max_factor_params is None else max_factor_params
     entries: list[TensorEntry] = []
     seen: set[str] = set()
     total = 0
@@ -160,6 +229,12 @@ def manifest_from_json(
         if rank and len(shape_t) < 2:
             raise ManifestError(
                 f"manifest entry {name!r}: rank {rank} needs a tensor of >= 2 dims, shape {list(shape_t)}"
+            )
+        generated = factor_params(shape_t, rank)
+        if generated > max_factor_params:
+            raise BundleLimitError(
+                f"tensor {name!r} of shape {list(shape_t)} at rank {rank} decodes {generated} factor numbers "
+                f"((rows + cols) * rank), over the limit of {max_factor_params} (ReadLimits.max_factor_params)"
             )
         entry = TensorEntry(
             name,

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mcnc_core.backend import exact_float32
 from mcnc_core.bundle import Bundle
-from mcnc_core.compress import get_state
-from mcnc_core.decode import decode_factors
+from mcnc_core.decode import decode_factors_as
+from mcnc_core.devices import exact_float32
 from mcnc_core.errors import ExportError
+from mcnc_core.export import PEFT_METADATA_KEY, peft_metadata
 from mcnc_core.generator import Generator
 from mcnc_core.manifest import TensorEntry
 from mcnc_core.safetensors_io import TORCH_TO_DTYPE, build_header, tensor_bytes
@@ -63,8 +63,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: The ranks vLLM accepts for ``max_lora_rank`` (``vllm/config/lora.py``).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the wrapped model)
-#: Bundle metadata: JSON ``{"conv1d": [module paths], "embeddings": [module paths]}``.
-PEFT_METADATA_KEY = "x-peft-modules"
 
 
 def _lora_entry(bundle: Bundle, name: str) -> TensorEntry:
@@ -87,12 +85,15 @@ def _lora_entry(bundle: Bundle, name: str) -> TensorEntry:
     return e
 
 
-def _factors(bundle: Bundle, e: TensorEntry, gen: Generator) -> tuple[Tensor, Tensor]:
-    # decode_factors cuts the decode into the blocks reconstruction uses: the same bits it combines.
+def _factors(
+    bundle: Bundle, e: TensorEntry, gen: Generator, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    # decode_factors_as cuts the decode into the blocks reconstruction uses: the same bits it combines
+    # (rounded to ``dtype`` as ``.to(dtype)`` would, inside the output kernel).
     dev = gen.w_out_t.device
     sl = slice(e.chunk_offset, e.chunk_offset + e.chunks)
     with torch.no_grad(), exact_float32():
-        a, b = decode_factors(gen, bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev), e.factors())
+        a, b = decode_factors_as(gen, bundle.alpha[sl].to(dev), bundle.beta[sl].to(dev), e.factors(), dtype)
     return a, b  # (rows, r), (r, cols)
 
 
@@ -115,34 +116,6 @@ def lora_factors(bundle: Bundle, name: str, *, device: str | torch.device = "cpu
     """
     e = _lora_entry(bundle, name)
     return _factors(bundle, e, Generator(bundle.spec).to(device))
-
-
-def peft_metadata(model: nn.Module) -> dict[str, str]:
-    """Bundle metadata naming the module kinds PEFT treats specially, for ``export_bundle``.
-
-    Records the module paths of low-rank targets that are ``nn.Embedding`` or GPT-2-style
-    ``Conv1D`` (weight ``(in, out)``, recognised by class name and its ``nf`` attribute).
-
-    Args:
-        model: a model after ``compress`` in delta mode with ``rank > 0``.
-
-    Returns:
-        ``{PEFT_METADATA_KEY: json}``: pass as ``export_bundle(model, metadata=...)``.
-
-    Raises:
-        ModelError: the model is not compressed.
-    """
-    conv1d, embeddings = [], []
-    for e in get_state(model).entries:
-        if e.storage != "mcnc" or e.rank == 0:
-            continue
-        path = e.name.rpartition(".")[0]
-        module = model.get_submodule(path)
-        if isinstance(module, nn.Embedding):
-            embeddings.append(path)
-        elif type(module).__name__ == "Conv1D" and getattr(module, "nf", None) == e.shape[-1]:
-            conv1d.append(path)
-    return {PEFT_METADATA_KEY: json.dumps({"conv1d": conv1d, "embeddings": embeddings}, separators=(",", ":"))}
 
 
 def _recorded_kinds(bundle: Bundle) -> tuple[list[str], list[str]]:
@@ -247,7 +220,7 @@ def peft_adapter_files(
         _lora_entry(bundle, e.name)
         module = _module_path(e.name)
         gen = gen or Generator(bundle.spec).to(device)
-        a, b = _factors(bundle, e, gen)  # (rows, r), (r, cols)
+        a, b = _factors(bundle, e, gen, dtype)  # (rows, r), (r, cols), already in ``dtype``
         key = _PREFIX + module
         if module in embeddings:
             tensors[key + ".lora_embedding_A"], tensors[key + ".lora_embedding_B"] = a.T, b.T

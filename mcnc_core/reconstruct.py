@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from mcnc_core.backend import Backend, exact_float32
 from mcnc_core.bundle import Bundle
 from mcnc_core.decode import decode_tensor_into
-from mcnc_core.errors import BaseMismatchError, ConfigError, DeviceUnavailableError, ModelError
+from mcnc_core.devices import exact_float32, resolve_device
+from mcnc_core.errors import BaseMismatchError, ConfigError, ModelError
 from mcnc_core.fingerprint import check_tensor, state_digest
 from mcnc_core.generator import Generator, GeneratorSpec
 from mcnc_core.hostmem import OutputRecycler
@@ -28,6 +28,9 @@ __all__ = [
     "reconstruct_into",
     "target_misfit",
 ]
+
+if TYPE_CHECKING:
+    from mcnc_core.backend import Backend
 
 DeviceLike = str | torch.device
 
@@ -82,28 +85,7 @@ def output_dtype(entry: TensorEntry, dtype: torch.dtype | None) -> torch.dtype:
     return DTYPE_TO_TORCH[entry.dtype]
 
 
-def _device(device: DeviceLike) -> torch.device:
-    """``device`` as a ``torch.device`` that exists here (CUDA with its index).
-
-    Raises:
-        ConfigError: not a device string/object torch knows.
-        DeviceUnavailableError: a CUDA device this machine does not have.
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(
-            f"device {device!r} is not a device torch knows (use 'cpu', 'cuda' or 'cuda:N'): {exc}"
-        ) from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise DeviceUnavailableError(f"device {device!r}: no CUDA device is available here; use device='cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        elif dev.index >= count:
-            raise DeviceUnavailableError(f"device {device!r}: this machine has {count} CUDA device(s)")
-    return dev
+_device = resolve_device  # the name earlier releases used
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}

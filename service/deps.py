@@ -10,12 +10,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.adapters import AdapterStore
+from service.catalog import Catalog
 from service.config import Settings
 from service.engine import Engine
 from service.errors import ForbiddenError, UnauthorizedError
 from service.storage import Store
 
-__all__ = ["AdaptersDep", "EngineDep", "SettingsDep", "StoreDep", "require"]
+__all__ = ["AdaptersDep", "CatalogDep", "EngineDep", "SettingsDep", "StoreDep", "require"]
 
 _IMPLIED = {"read": {"read", "write", "admin"}, "write": {"write", "admin"}, "admin": {"admin"}}
 
@@ -32,6 +33,10 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
+def _catalog(request: Request) -> Catalog:
+    return request.app.state.catalog  # type: ignore[no-any-return]
+
+
 def _adapters(request: Request) -> AdapterStore:
     return request.app.state.adapters  # type: ignore[no-any-return]
 
@@ -39,6 +44,7 @@ def _adapters(request: Request) -> AdapterStore:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[Store, Depends(_store)]
 EngineDep = Annotated[Engine, Depends(_engine)]
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
 AdaptersDep = Annotated[AdapterStore, Depends(_adapters)]
 
 

@@ -5,7 +5,7 @@ request's head on a fresh connection or for bytes of one trickling in (slowloris
 protocol here (uvicorn's httptools one when installed, else its h11 one) also closes a connection
 that has not sent a complete request head within ``MCNC_READ_TIMEOUT`` of opening or of its
 previous response. Stalled bodies are the routes'
-concern (``service.routers.bundles.receive_body`` answers 408).
+concern (``service.http.receive_body`` answers 408).
 """
 
 from __future__ import annotations

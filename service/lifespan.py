@@ -1,4 +1,5 @@
-"""Builds and closes what the app holds: store, caches, Redis client, device, engine, adapter exports."""
+"""Builds and closes what the app holds: store, Reconstructor (device, memory), Catalog, caches, Redis
+client, the weights Engine and the adapter exports."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.adapters import AdapterStore
 from service.cache import MemoryCache
+from service.catalog import Catalog
 from service.engine import Engine
+from service.reconstructor import Reconstructor
 from service.redis_cache import RedisCache
 from service.storage import Store
 
@@ -37,16 +40,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         if not redis.ping():
             log.warning("Redis at %s is not answering; tier 2 stays off until it does", settings.redis_url)
-    app.state.store = store
-    app.state.engine = Engine(settings, store, metrics, memory, redis)
-    app.state.adapters = AdapterStore(
-        app.state.engine, dtype=settings.adapter_dtype, budget=settings.adapter_cache_bytes
+    reconstructor = Reconstructor(settings, metrics)
+    catalog = Catalog(settings, store, reconstructor)
+    engine = Engine(settings, reconstructor, catalog.open_base, metrics, memory, redis)
+    adapters = AdapterStore(
+        catalog, reconstructor, metrics, dtype=settings.adapter_dtype, budget=settings.adapter_cache_bytes
     )
+    catalog.on_delete(engine.forget)
+    catalog.on_delete(adapters.forget)
+    app.state.store, app.state.reconstructor, app.state.catalog = store, reconstructor, catalog
+    app.state.engine, app.state.adapters = engine, adapters
     log.info(
         "mcnc service: metadata %s, blobs %s, device %s",
         store.meta.engine.url.render_as_string(hide_password=True),
         store.blobs.url,
-        app.state.engine.device,
+        reconstructor.device,
     )
     try:
         yield

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 import mcnc_core
+from service.api import api_router
 from service.config import Settings, get_settings, is_loopback
 from service.errors import ERROR_CODES, InsecureBindError, install_error_handlers
 from service.http_guard import (
@@ -28,7 +29,6 @@ from service.http_guard import (
 from service.lifespan import lifespan
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import RateLimiter
-from service.routers import api_router
 from service.schemas import ErrorResponse
 
 __all__ = ["check_bind", "create_app"]

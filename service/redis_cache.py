@@ -4,8 +4,9 @@ Keys never go stale: they are the model key ``<bundle digest>:<dtype>:<profile>`
 An entry is the response in chunks of at most 8 MiB (``<prefix>w:<key>:<i>``) plus a metadata hash
 written last (with each chunk's sha256), all with a TTL; a sorted set orders entries by last use,
 and Lua scripts keep the byte budget exact with any number of writers. Flight locks
-(``<prefix>flight:<key>``) let one server reconstruct a key for all. Any Redis failure is a logged
-warning, a metric and a miss; after one, Redis is skipped for ``RETRY_AFTER_S`` seconds.
+(``<prefix>flight:<key>``: a token under a short lease, renewed by the holder while it makes
+progress) let one server reconstruct a key for all; a holder that dies is replaced within a lease.
+Any Redis failure is a logged warning, a metric and a miss; after one, Redis is skipped for ``RETRY_AFTER_S`` seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from redis.lock import Lock
 
 from service.metrics import Metrics
 
@@ -84,6 +85,16 @@ redis.call('SET', KEYS[3], used)
 return used
 """
 )
+# KEYS: lease. ARGV: token, ms -> 1 if renewed (still ours), else 0
+_LUA_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# KEYS: lease. ARGV: token -> 1 if released (it was ours), else 0
+_LUA_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # KEYS: lru, sizes, meta. ARGV: member, now, ttl, then field/value pairs -> 1, or 0 when evicted meanwhile
 _LUA_COMMIT = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -108,7 +119,9 @@ class RedisCache:
     """Tier 2 (sync client: called from worker threads, never on the event loop)."""
 
     RETRY_AFTER_S = 2.0
-    FLIGHT_LEASE_S = 60.0  # a flight lock lives this long unless renewed (its holder may have died)
+    # A flight lease lives this long unless its holder renews it (every third of it, while its
+    # reconstruction makes progress): a killed holder is replaced within seconds (issue 19 N4).
+    FLIGHT_LEASE_S = 3.0
     READ_AHEAD = 2  # chunks fetched and checked while one is sent: up to 3 chunks held per stream
 
     def __init__(self, url: str, *, budget: int, ttl: int, chunk_bytes: int, prefix: str, metrics: Metrics) -> None:
@@ -120,6 +133,8 @@ class RedisCache:
         self._reserve = self.client.register_script(_LUA_RESERVE)
         self._delete = self.client.register_script(_LUA_DELETE)
         self._commit = self.client.register_script(_LUA_COMMIT)
+        self._renew = self.client.register_script(_LUA_RENEW)
+        self._release = self.client.register_script(_LUA_RELEASE)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mcnc-redis")
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -245,25 +260,32 @@ class RedisCache:
         self._set_used(used)
         return RedisWriter(self, key, total) if reserved else None
 
-    def try_flight_lock(self, key: str) -> Lock | None:
-        """The cluster-wide right to reconstruct ``key`` (a Redis lock with a ``FLIGHT_LEASE_S`` lease), or
-        None while another server holds it. Release it with ``release_flight_lock``; it is not tied to
-        a thread (a request takes it, the reconstruction job releases it).
+    def claim(self, key: str) -> str | None:
+        """The cluster-wide right to reconstruct ``key``: a token under a ``FLIGHT_LEASE_S`` lease, or
+        None while another server holds it. The holder ``renew``s it while working and ``release``s it
+        when done; it is not tied to a thread.
 
         Raises:
             RedisUnavailable: Redis failed (reconstruct without coordination).
         """
-        lock = self.client.lock(f"{self.prefix}flight:{key}", timeout=self.FLIGHT_LEASE_S, thread_local=False)
-        return lock if self._call(lambda: lock.acquire(blocking=False)) else None
+        token = secrets.token_hex(16)
+        ms = int(self.FLIGHT_LEASE_S * 1000)
+        ok = self._call(lambda: self.client.set(f"{self.prefix}flight:{key}", token, nx=True, px=ms))
+        return token if ok else None
 
-    def extend_flight_lock(self, lock: Lock) -> None:
-        """Renew the lease (a long reconstruction keeps its lock); a lost lock only costs a duplicate rebuild."""
-        with contextlib.suppress(RedisUnavailable):
-            self._call(lambda: lock.reacquire())
+    def renew(self, key: str, token: str) -> bool:
+        """Extend the lease by ``FLIGHT_LEASE_S``; False when it was lost (expired and taken, or Redis
+        failed): a lost lease only costs another server a duplicate rebuild."""
+        ms = int(self.FLIGHT_LEASE_S * 1000)
+        try:
+            return bool(self._call(lambda: self._renew(keys=[f"{self.prefix}flight:{key}"], args=[token, ms])))
+        except RedisUnavailable:
+            return False
 
-    def release_flight_lock(self, lock: Lock) -> None:
+    def release(self, key: str, token: str) -> None:
+        """Give the lease up (only if still ours)."""
         with contextlib.suppress(RedisUnavailable):
-            self._call(lambda: lock.release())
+            self._call(lambda: self._release(keys=[f"{self.prefix}flight:{key}"], args=[token]))
 
     def delete(self, key: str) -> None:
         """Remove an entry (or a reservation) and its bytes from the budget."""

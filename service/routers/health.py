@@ -31,11 +31,11 @@ async def ready(store: StoreDep, engine: EngineDep) -> JSONResponse:
         except Exception as exc:
             checks["storage"] = f"error: {exc}"
         try:
-            torch.zeros(1, device=engine.device).add_(1)
-            checks["device"] = str(engine.device)
+            torch.zeros(1, device=engine.reconstructor.device).add_(1)
+            checks["device"] = str(engine.reconstructor.device)
         except Exception as exc:
             checks["device"] = f"error: {exc}"
-        checks["redis"] = "off" if engine.redis is None else ("ok" if engine.redis.ping() else "down")
+        checks["redis"] = engine.redis_state()
         return checks
 
     checks = await run_in_threadpool(probe)

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import EngineDep, StoreDep, require
+from service.catalog import TAGS_IN_RECORD
+from service.deps import CatalogDep, EngineDep, StoreDep, require
 from service.engine import Engine
 from service.errors import InvalidRequestError, ModelNotFoundError
-from service.routers._openapi import RefPath
-from service.routers.bundles import TAGS_IN_RECORD, bundle_public
+from service.openapi import RefPath
 from service.schemas import LoadedModel, LoadedModels, ModelPublic, ModelsPublic, TagPublic
 from service.storage import Store, parse_ref
 
@@ -19,11 +19,7 @@ router = APIRouter(tags=["models"])
 
 
 def _loaded(store: Store, engine: Engine) -> list[LoadedModel]:
-    rows: list[tuple[str, str, int, float]] = [
-        (key, "memory", s.nbytes, s.last_used) for key, s in engine.memory.loaded().items()
-    ]
-    if engine.redis is not None:
-        rows += [(key, "redis", n, last) for key, n, last in engine.redis.loaded()]
+    rows = engine.loaded()
     out = []
     for key, tier, nbytes, last in sorted(rows, key=lambda r: -r[3]):
         digest, _, rest = key.partition(":")
@@ -57,14 +53,14 @@ async def list_models(
 
 
 @router.get("/models/{ref:path}", response_model=ModelPublic, dependencies=[Depends(require("read"))])
-def get_model(ref: RefPath, store: StoreDep, engine: EngineDep) -> ModelPublic:
+def get_model(ref: RefPath, store: StoreDep, catalog: CatalogDep, engine: EngineDep) -> ModelPublic:
     """Metadata of the bundle ``ref`` resolves to."""
     digest = store.meta.resolve(parse_ref(ref))
     rec = store.meta.get_bundle(digest) if digest else None
     if rec is None:
         raise ModelNotFoundError(f"no model {ref!r}")
     tiers = sorted({m.tier for m in _loaded(store, engine) if m.digest == rec.digest})
-    return ModelPublic(**bundle_public(store, rec).model_dump(), loaded=tiers)
+    return ModelPublic(**catalog.public(rec).model_dump(), loaded=tiers)
 
 
 @router.delete("/models/{ref:path}", dependencies=[Depends(require("admin"))])

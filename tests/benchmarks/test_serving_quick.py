@@ -39,13 +39,15 @@ def test_serving_quick(tmp_path: Path) -> None:
     assert r["bytes"] > 30e6 and r["cold"]["ttfb_ms"] > 0  # the ~8M-parameter model, float32
     expected = {"memory"}
     if _redis_answers():
-        expected.add("redis")
+        expected |= {"redis", "redis_limit"}  # and the reader that sets Redis's own limit
         assert r["redis_server_reconstructions"] == 0  # tier 2 served every byte
+        assert set(r["ratio_median"]["redis_limit"]) == {"memory", "redis"}
+        assert "target redis >= 0.8x the Redis reader:" in stdout
     else:
         assert "redis tier: skipped" in stdout
     if _nginx_installed():
         expected |= {"nginx", "nginx_nosendfile"}
-        assert set(r["ratio_median"]["nginx"]) == expected - {"nginx", "nginx_nosendfile"}
+        assert set(r["ratio_median"]["nginx"]) == expected - {"nginx", "nginx_nosendfile", "redis_limit"}
         assert "target memory >= 1.0x nginx:" in stdout
     else:
         assert "nginx: skipped" in stdout and r["ratio_median"] == {}

@@ -149,3 +149,25 @@ def test_beyond_its_bounds_the_recycler_forgets_mappings_in_use_first() -> None:
     assert rec.reused == 0 and rec.tracked_bytes == 4 * MIN_BYTES
     rec.empty(large)  # the free one was kept
     assert rec.reused == 1 and len(held) == 2
+
+
+def test_huge_pages_fall_back_to_ordinary_pages_when_slow(monkeypatch) -> None:
+    """A probe slower than half the ordinary-page rate turns huge pages off for a few mappings;
+    values and bounds are the same either way."""
+    from mcnc_core import hostmem
+
+    policy = hostmem._HugePages()
+    if not (policy.enabled and policy.populate_ok):
+        pytest.skip("no transparent huge pages here")
+    monkeypatch.setattr(hostmem, "_HUGE_PAGES", policy)
+    shape = (2 * MIN_BYTES // 4 // 1024, 1024)
+    a = OutputRecycler().empty(shape)
+    assert a.data_ptr() % (2 << 20) == 0  # started on a huge-page boundary
+    policy.small_rates[:] = [1e15]  # no probe can be that fast: this one is "slow"
+    b = OutputRecycler().empty(shape)
+    assert policy.skip == policy.BACKOFF
+    c = OutputRecycler().empty(shape)  # skipped: ordinary pages, no probe
+    assert policy.skip == policy.BACKOFF - 1 and len(policy.huge_rates) == 2
+    for t in (a, b, c):
+        t.fill_(3.0)
+        assert float(t.sum()) == 3.0 * t.numel()

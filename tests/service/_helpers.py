@@ -22,6 +22,15 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     return float(value or 0.0)
 
 
+def served_reconstructions(app: object) -> int:
+    """Reconstructions run to serve weights (full jobs and partial rebuilds), read from the app's
+    Prometheus counter ``mcnc_reconstructions_total`` (verification and adapter exports not counted)."""
+    registry = app.state.metrics.registry  # type: ignore[attr-defined]
+    return int(
+        sum(registry.get_sample_value("mcnc_reconstructions_total", {"kind": k}) or 0 for k in ("full", "partial"))
+    )
+
+
 def load_st(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 

@@ -341,7 +341,7 @@ def test_a_reader_that_stops_reading_is_cut_and_frees_its_reconstruction(tmp_pat
     settings = Settings(data_dir=tmp_path, write_timeout=1.0)
     with LiveServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         assert c.post("/bundles", params={"name": "big"}, content=data).status_code == 201
-        engine = srv.app.state.engine
+        engine = srv.app.state.reconstructor
         port = int(srv.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             # A range (not the whole body): the stream rebuilds its tensors itself, no shared job.

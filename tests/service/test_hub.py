@@ -141,7 +141,9 @@ def test_files_have_strong_etags_304_ranges_and_are_exported_once(live, case):
         assert by_digest.content == body and "immutable" in by_digest.headers["cache-control"]
         for _ in range(3):
             c.get(f"{live.url}/api/models/acme/tiny-lora/tree/{digest}")
-    assert live.app.state.adapters.export_count == 1  # every request above shared one export
+    assert (
+        live.app.state.metrics.registry.get_sample_value("mcnc_reconstructions_total", {"kind": "adapter"}) == 1
+    )  # every request above shared one export
     route = "/{repo_id}/resolve/{revision}/{filename}"
     assert live.requests(route) == 4 and live.requests(route, "HEAD") == 1
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import mcnc_core as m
-import service.engine as eng
+import service.reconstructor as eng
 from service import Settings
 from tests._live import LiveServer
-from tests.service._helpers import load_st
+from tests.service._helpers import load_st, served_reconstructions
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +76,7 @@ def test_single_flight_n_concurrent_cold_requests(tmp_path, tiny, memory_budget,
         assert {s for s, _ in results} == {200}
         assert len({body for _, body in results}) == 1
         assert calls == [None]  # exactly one reconstruction, of the whole model
-        assert srv.app.state.engine.reconstruction_count == 1
+        assert served_reconstructions(srv.app) == 1
         metrics = c.get("/metrics").text
         assert 'mcnc_reconstructions_total{kind="full"} 1.0' in metrics
         assert 'mcnc_reconstructions_total{kind="partial"}' not in metrics
@@ -96,7 +96,7 @@ def test_32_concurrent_clients_zero_errors(live, tiny, tiny2):
 
         with ThreadPoolExecutor(32) as pool:
             assert set(pool.map(fetch, refs)) == {200}
-        assert live.app.state.engine.reconstruction_count == 2
+        assert served_reconstructions(live.app) == 2
 
 
 def test_client_disconnect_leaves_the_job_at_once(tmp_path, tiny2, monkeypatch):

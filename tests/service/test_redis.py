@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service import Settings, create_app
 from service.metrics import Metrics
 from service.redis_cache import RedisCache, RedisUnavailable
-from tests.service._helpers import metric
+from tests.service._helpers import metric, served_reconstructions
 
 pytestmark = pytest.mark.redis
 
@@ -35,10 +35,10 @@ def test_miss_then_hit_without_rebuilding(tmp_path, tiny, redis_url):
         warm = c.get("/models/m/weights")
         assert warm.content == cold.content and warm.headers["etag"] == cold.headers["etag"]
         assert metric(c, "mcnc_cache_hits_total", tier="redis") == 1
-        assert c.app.state.engine.reconstruction_count == 1
+        assert served_reconstructions(c.app) == 1
     with _app(tmp_path, url, prefix) as c:  # a restarted server finds the bytes and their digest in Redis
         again = c.get("/models/m/weights")
-        assert again.content == cold.content and c.app.state.engine.reconstruction_count == 0
+        assert again.content == cold.content and served_reconstructions(c.app) == 0
         assert again.headers["x-mcnc-weights-digest"] == "sha256:" + hashlib.sha256(cold.content).hexdigest()
         r = redis.Redis.from_url(url)
         keys = sorted(k.decode() for k in r.scan_iter(match=prefix + "w:*"))
@@ -61,7 +61,7 @@ def test_small_chunks_and_ranges_from_redis(tmp_path, tiny, redis_url):
         for lo, hi in [(0, 10), (1000, 3000), (len(full) - 1500, len(full) - 1)]:
             part = c.get("/models/m/weights", headers={"Range": f"bytes={lo}-{hi}"})
             assert part.status_code == 206 and part.content == full[lo : hi + 1]
-        assert c.app.state.engine.reconstruction_count == 1
+        assert served_reconstructions(c.app) == 1
 
 
 def test_byte_budget_evicts_least_recently_used(tmp_path, tiny, tiny2, redis_url):
@@ -76,7 +76,7 @@ def test_byte_budget_evicts_least_recently_used(tmp_path, tiny, tiny2, redis_url
         tiers = {i["digest"][:8]: i["bytes"] for i in c.get("/models", params={"loaded": "true"}).json()["items"]}
         assert len(tiers) == 1 and sum(tiers.values()) <= budget
         assert c.get("/models/a/weights").content == a  # evicted: rebuilt, same bytes
-        assert c.app.state.engine.reconstruction_count == 3
+        assert served_reconstructions(c.app) == 3
 
 
 def _free_port() -> int:
@@ -118,8 +118,10 @@ def test_redis_stopped_requests_still_succeed(tmp_path, tiny, own_redis):
         full = c.get("/models/m/weights").content
         assert c.get("/models/m/weights").content == full  # a Redis hit
         engine = c.app.state.engine
-        lay = engine.layout(engine.store.meta.resolve(__import__("service").storage.parse_ref("m")), "native")
-        stream = engine.stream(lay, 0, lay.total)
+        digest = c.app.state.store.meta.resolve(__import__("service").storage.parse_ref("m"))
+        bundle = c.app.state.catalog.bundle(digest)
+        lay = engine.layout(digest, bundle, "native")
+        stream = engine.stream(lay, bundle, 0, lay.total)
         got = [bytes(next(stream)), bytes(next(stream))]  # header, then the first Redis chunk
         proc.kill()
         proc.wait(timeout=5)
@@ -218,7 +220,7 @@ def test_a_dead_flight_lock_holder_delays_but_does_not_block(tmp_path, tiny, red
     url, prefix = redis_url
     with _app(tmp_path, url, prefix) as c:
         digest = c.post("/bundles", params={"name": "m"}, content=tiny.data).json()["id"]
-        key = c.app.state.engine.layout(digest, "native").key
+        key = c.app.state.engine.layout(digest, c.app.state.catalog.bundle(digest), "native").key
         r = redis.Redis.from_url(url)
         assert r.lock(f"{prefix}flight:{key}", timeout=1.5).acquire(blocking=False)  # a server that then died
         t0 = time.monotonic()

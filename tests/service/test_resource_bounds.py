@@ -59,11 +59,14 @@ def test_a_reader_that_stops_does_not_slow_the_others(tmp_path, lopsided, monkey
     with TestClient(create_app(settings)) as c:
         digest = c.post("/bundles", content=lopsided.to_bytes()).json()["id"]
         engine: eng.Engine = c.app.state.engine  # type: ignore[attr-defined]
-        lay = engine.layout(digest, "native")
-        slow = engine.stream(lay, 0, lay.total)
+        bundle = c.app.state.catalog.bundle(digest)  # type: ignore[attr-defined]
+        lay = engine.layout(digest, bundle, "native")
+        slow = engine.stream(lay, bundle, 0, lay.total)
         head = [bytes(next(slow)), bytes(next(slow))]  # the header, then the first tensor: subscribed
         fast_body: list[bytes] = []
-        fast = threading.Thread(target=lambda: fast_body.extend(bytes(p) for p in engine.stream(lay, 0, lay.total)))
+        fast = threading.Thread(
+            target=lambda: fast_body.extend(bytes(p) for p in engine.stream(lay, bundle, 0, lay.total))
+        )
         fast.start()
         fast.join(timeout=10)
         assert not fast.is_alive(), "a reader waited on another reader that stopped reading"

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 import mcnc_core as m
 from service import Settings, create_app
-from tests.service._helpers import error_code, load_st, metric
+from tests.service._helpers import error_code, load_st, metric, served_reconstructions
 
 
 @pytest.fixture
@@ -78,20 +78,21 @@ def test_if_none_match_gives_304_without_body(client, named):
     etag = client.head("/models/mlp/weights").headers["etag"]
     r = client.get("/models/mlp/weights", headers={"If-None-Match": etag})
     assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
-    assert client.app.state.engine.reconstruction_count == 0
+    assert served_reconstructions(client.app) == 0
     assert client.get("/models/mlp/weights", headers={"If-None-Match": '"stale"'}).status_code == 200
 
 
 def test_range_rebuilds_only_touched_tensors(client, tiny, named):
     engine = client.app.state.engine
-    lay = engine.layout(named, "native")
-    full = b"".join(engine.stream(lay, 0, lay.total))  # reference bytes
+    bundle = client.app.state.catalog.bundle(named)
+    lay = engine.layout(named, bundle, "native")
+    full = b"".join(engine.stream(lay, bundle, 0, lay.total))  # reference bytes
     engine.memory.drop_digest(named)
     before = metric(client, "mcnc_reconstructions_total", kind="partial")
     name = lay.names[-1]  # the last tensor (a bias): a range inside it
     b, e = lay.spans[name]
     calls: list[object] = []
-    import service.engine as eng
+    import service.reconstructor as eng
 
     real = eng.iter_reconstruct
 
@@ -151,7 +152,7 @@ def test_memory_tier_hit_avoids_rebuild(client, named):
     client.get("/models/mlp/weights")
     client.get("/models/mlp/weights")
     client.get("/models/mlp/weights", headers={"Range": "bytes=1000-2000"})  # past the header
-    assert client.app.state.engine.reconstruction_count == 1
+    assert served_reconstructions(client.app) == 1
     assert metric(client, "mcnc_cache_hits_total", tier="memory") == 2
     assert metric(client, "mcnc_cache_misses_total", tier="memory") == 1
 
@@ -174,18 +175,17 @@ def test_model_larger_than_memory_budget_streams_without_caching(tmp_path, tiny)
         assert first == second
         assert load_st(first).keys() == m.reconstruct(tiny.bundle).keys()
         assert c.app.state.engine.memory.nbytes == 0
-        assert c.app.state.engine.reconstruction_count == 2
+        assert served_reconstructions(c.app) == 2
 
 
 def test_busy_when_reconstruction_queue_is_full(tmp_path, tiny):
     settings = Settings(data_dir=tmp_path, max_concurrent_reconstructions=1, max_queued_reconstructions=0)
     with TestClient(create_app(settings)) as c:
         c.post("/bundles", params={"name": "a"}, content=tiny.data)
-        engine = c.app.state.engine
-        engine._pending = 1  # one reconstruction already running
+        c.app.state.reconstructor._pending = 1  # one reconstruction already running
         r = c.get("/models/a/weights")
         assert r.status_code == 429 and error_code(r) == "busy" and r.headers["retry-after"] == "1"
-        engine._pending = 0
+        c.app.state.reconstructor._pending = 0
         assert c.get("/models/a/weights").status_code == 200
 
 
