@@ -42,12 +42,14 @@
 Every response body is ``{"error": {"code", "message", "request_id"}}`` and ``X-Error-Code``
 repeats the code, except for the three Hub-route errors marked above: there ``X-Error-Code``
 carries the Hugging Face Hub's name, from which ``huggingface_hub`` picks its exception class;
-``X-Error-Message`` repeats the message for it too.
+``X-Error-Message`` repeats the message for it too. On the Hub paths themselves (``is_hub_path``)
+every error has the Hub's body, ``{"error": "<message>"}``, which every huggingface_hub reads.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -98,6 +100,7 @@ __all__ = [
     "check_upload_type",
     "error_response",
     "install_error_handlers",
+    "is_hub_path",
 ]
 
 log = logging.getLogger("mcnc.service")
@@ -325,14 +328,39 @@ def check_upload_type(content_type: str | None, what: str, route: str) -> None:
     raise UnsupportedMediaTypeError(f"uploads with Content-Type {media!r} are not read: {how}")
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The envelope ``{"error": {"code", "message", "request_id"}}`` with ``X-Error-Code``."""
-    body = {"error": {"code": code, "message": message, "request_id": uuid.uuid4().hex}}
+# The Hub-compatible routes (service/routers/hub.py): /api/... and /{repo}/resolve/... (a name part
+# cannot be "resolve", and the project's own routes start with these words).
+_HUB_PATH = re.compile(r"^/(?:api/|(?!(?:models|bundles|bases|files|ui|health)/)[^/]+(?:/[^/]+)?/resolve/)")
+
+
+def is_hub_path(path: str) -> bool:
+    """True for the paths huggingface_hub requests (``/api/...``, ``/{repo}/resolve/...``)."""
+    return _HUB_PATH.match(path) is not None
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, hub: bool = False
+) -> JSONResponse:
+    """The envelope ``{"error": {"code", "message", "request_id"}}`` with ``X-Error-Code``.
+
+    ``hub``: the Hugging Face Hub's shape instead, ``{"error": "<message>"}`` plus ``X-Error-Code``
+    and ``X-Error-Message``: huggingface_hub 0.23 and 0.25 read ``error`` as a string (a dict there
+    raised ``TypeError`` / ``AttributeError`` instead of ``RepositoryNotFoundError``: 0.23
+    ``utils/_errors.py HfHubHTTPError.__init__``, 0.25 ``utils/_http.py _format``).
+    """
+    request_id = uuid.uuid4().hex
+    if hub:
+        safe = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+        extra = {"X-Error-Code": code, "X-Error-Message": safe, "X-Request-Id": request_id}
+        return JSONResponse({"error": message}, status_code=status, headers={**(headers or {}), **extra})
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
     return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Error-Code": code})
 
 
-async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    if is_hub_path(request.url.path):
+        return error_response(exc.status, exc.hub_code or exc.code, exc.message, exc.headers, hub=True)
     response = error_response(exc.status, exc.code, exc.message, exc.headers)
     if exc.hub_code is not None:
         response.headers["X-Error-Code"] = exc.hub_code
@@ -340,13 +368,14 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+    hub = is_hub_path(request.url.path)
+    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request", hub=hub)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -373,7 +402,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         allowed = _allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
         headers["Allow"] = ", ".join(allowed)
         message = f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
-    return error_response(exc.status_code, code, message, headers)
+    return error_response(exc.status_code, code, message, headers, hub=is_hub_path(request.url.path))
 
 
 class StalledReaderError(Exception):
@@ -381,10 +410,11 @@ class StalledReaderError(Exception):
     answer can follow a started response, and the middleware that raised it logged one line."""
 
 
-async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StalledReaderError):
         log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
+    message = f"internal error ({type(exc).__name__})"
+    return error_response(500, "internal_error", message, hub=is_hub_path(request.url.path))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -193,19 +193,19 @@ class MetadataStore:
     def tag_files(self, name: str, tag: str) -> list[FileRecord]:
         """The sidecar files attached to ``name:tag`` (by file name); empty for none or no such tag."""
         query = (
-            select(tag_files.c.filename, tag_files.c.sha256, files.c.size)
+            select(tag_files.c.filename, tag_files.c.sha256, files.c.size, files.c.oid)
             .join(files, files.c.sha256 == tag_files.c.sha256)
             .where(tag_files.c.name == name, tag_files.c.tag == tag)
             .order_by(tag_files.c.filename)
         )
         with self._tx(write=False) as conn:
-            return [FileRecord(r.filename, r.sha256, r.size) for r in conn.execute(query)]
+            return [FileRecord(r.filename, r.sha256, r.size, r.oid) for r in conn.execute(query)]
 
     def get_file(self, sha256: str) -> FileRecord | None:
         """The stored sidecar blob ``sha256`` (``name`` is empty: blobs have none of their own), or None."""
         with self._tx(write=False) as conn:
             row = conn.execute(select(files).where(files.c.sha256 == sha256)).first()
-        return FileRecord("", row.sha256, row.size) if row else None
+        return FileRecord("", row.sha256, row.size, row.oid) if row else None
 
     def base_names(self, digest: str) -> list[str]:
         """The repo names the base ``digest`` is registered under (sorted)."""
@@ -229,13 +229,13 @@ class MetadataStore:
     def base_files(self, name: str) -> list[FileRecord]:
         """The sidecar files of the base named ``name`` (by file name)."""
         query = (
-            select(base_files.c.filename, base_files.c.sha256, files.c.size)
+            select(base_files.c.filename, base_files.c.sha256, files.c.size, files.c.oid)
             .join(files, files.c.sha256 == base_files.c.sha256)
             .where(base_files.c.name == name)
             .order_by(base_files.c.filename)
         )
         with self._tx(write=False) as conn:
-            return [FileRecord(r.filename, r.sha256, r.size) for r in conn.execute(query)]
+            return [FileRecord(r.filename, r.sha256, r.size, r.oid) for r in conn.execute(query)]
 
     def list_repo_names(
         self, *, limit: int, after: str | None = None, search: str | None = None, author: str | None = None
@@ -374,7 +374,7 @@ class MetadataStore:
         Returns:
             Whether it was inserted.
         """
-        values = {"sha256": rec.sha256, "size": rec.size, "created_at": time.time()}
+        values = {"sha256": rec.sha256, "size": rec.size, "oid": rec.oid, "created_at": time.time()}
         ins = self._insert(files).values(**values).on_conflict_do_nothing(index_elements=["sha256"])
         with self._tx(write=True) as conn:
             created = conn.execute(ins.returning(files.c.sha256)).first() is not None

@@ -149,6 +149,7 @@ class FileRecord:
     name: str
     sha256: str
     size: int
+    oid: str = ""  # git blob id of the bytes (``git hash-object``): the Hub tree's ``oid``
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ files = Table(
     metadata,
     Column("sha256", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
+    Column("oid", String(40), nullable=False),  # git blob id (the Hub tree's ``oid``), computed once at upload
     Column("created_at", Float, nullable=False),
 )
 

@@ -115,10 +115,11 @@ class Store:
         self.blobs.put("bases", rec.digest, staged)
         return self.meta.add_base(rec, before_commit=lambda: self._ensure("bases", rec.digest, staged))
 
-    def add_file(self, staged: Staged, sha256: str) -> tuple[FileRecord, bool]:
-        """Store a sidecar file (``staged.finish()`` gave ``sha256``); its record and whether it is new."""
+    def add_file(self, staged: Staged, sha256: str, oid: str) -> tuple[FileRecord, bool]:
+        """Store a sidecar file (``staged.finish()`` gave ``sha256``; ``oid`` is its git blob id); its
+        record and whether it is new."""
         self.blobs.put("files", sha256, staged)
-        rec = FileRecord("", sha256, staged.size)
+        rec = FileRecord("", sha256, staged.size, oid)
         created = self.meta.add_file(rec, before_commit=lambda: self._ensure("files", sha256, staged))
         return rec, created
 

@@ -54,6 +54,7 @@ def upgrade() -> None:
         "files",
         sa.Column("sha256", sa.String(64), primary_key=True),
         sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("oid", sa.String(40), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
     )
     op.create_table(
