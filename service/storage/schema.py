@@ -7,6 +7,8 @@ because PostgreSQL's INTEGER stops at 2**31.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -19,6 +21,13 @@ from sqlalchemy import (
     Table,
     Text,
 )
+
+from service.storage.refs import commit_id
+
+
+def _commit_without_files(context: Any) -> str:
+    return commit_id(context.get_current_parameters()["digest"], [])
+
 
 __all__ = ["base_files", "base_names", "bases", "bundles", "files", "metadata", "tag_files", "tags"]
 
@@ -61,7 +70,8 @@ tags = Table(
     Column("digest", String(64), ForeignKey("bundles.digest"), nullable=False),
     Column("updated_at", Float, nullable=False),
     # The Hub commit id (40 hex, ``refs.commit_id``): the digest and the tag's files (migration 0004).
-    Column("commit", String(40), nullable=False),
+    # The default (no files) serves writers that insert tags directly (benchmarks, tests).
+    Column("commit", String(40), nullable=False, default=_commit_without_files),
     Index("tags_digest", "digest"),
     Index("tags_name_commit", "name", "commit"),  # revision = a commit id: a point query
     Index("tags_name_updated", "name", "updated_at"),  # revision main = the newest push: a point query

@@ -100,15 +100,17 @@ class Store:
             self.blobs.put(kind, digest, staged)
 
     def add_bundle(
-        self, staged: Staged, rec: BundleRecord, *, tag: tuple[str, str] | None
+        self, staged: Staged, rec: BundleRecord, *, tag: tuple[str, str] | None, files: dict[str, str] | None = None
     ) -> tuple[BundleRecord, bool]:
-        """Store a validated bundle's blob and record, and point ``tag`` (name, tag) at it.
+        """Store a validated bundle's blob and record, and point ``tag`` (name, tag) at it with the
+        sidecar ``files`` (file name -> sha256 of a stored file) in the same transaction.
 
         Returns:
             The stored record and whether it is new.
         """
         self.blobs.put("bundles", rec.digest, staged)
-        return self.meta.add_bundle(rec, tag=tag, before_commit=lambda: self._ensure("bundles", rec.digest, staged))
+        ensure = lambda: self._ensure("bundles", rec.digest, staged)  # noqa: E731
+        return self.meta.add_bundle(rec, tag=tag, before_commit=ensure, files=files)
 
     def add_base(self, staged: Staged, rec: BaseRecord) -> tuple[BaseRecord, bool]:
         """Store a validated base's blob and record; the record and whether it is new."""
