@@ -11,6 +11,7 @@ from service.errors import PayloadTooLargeError
 from service.http import check_upload_type, staged_upload
 from service.hub.sidecars import store_file
 from service.openapi import binary_body
+from service.schemas import FilePublic
 
 router = APIRouter(tags=["files"])
 
@@ -18,6 +19,8 @@ router = APIRouter(tags=["files"])
 @router.post(
     "/files",
     status_code=201,
+    response_model=FilePublic,
+    responses={200: {"model": FilePublic, "description": "already stored (same body)"}},
     dependencies=[Depends(require("write"))],
     openapi_extra=binary_body("the file's bytes: curl --data-binary @config.json"),
 )

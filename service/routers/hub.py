@@ -22,11 +22,18 @@ from service.deps import AdaptersDep, StoreDep, require
 from service.errors import EntryNotFoundError, NotAnAdapterError
 from service.hub.revisions import MAIN, Revision, resolve
 from service.ranges import validate_request
+from service.schemas import HubErrorResponse
 from service.storage import Store
 
 __all__ = ["HUB_DEFAULT_REVISION", "resolve_revision", "router"]
 
-router = APIRouter(tags=["hub"])
+_HUB_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "model": HubErrorResponse,
+        "description": "the Hub shape, X-Error-Code RepoNotFound etc.",
+    }
+}
+router = APIRouter(tags=["hub"], responses=_HUB_ERRORS)
 HUB_DEFAULT_REVISION = MAIN  # huggingface_hub's default: the tag main, else the newest push
 _READ = [Depends(require("read"))]
 
