@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mcnc_core.config import MCNCConfig
+from mcnc_core.config import MCNCConfig, infer_task_type
 from mcnc_core.errors import ConfigError, ModelError
 from mcnc_core.fingerprint import state_digest
 from mcnc_core.generator import Generator
@@ -84,7 +85,8 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
 
     Args:
         model: any ``nn.Module``; not already compressed.
-        config: the compression config.
+        config: the compression config; a ``task_type`` of ``None`` is inferred from the model's
+            class (``infer_task_type``: ``CAUSAL_LM`` for ``*ForCausalLM``) and recorded.
 
     Returns:
         ``model`` itself.
@@ -95,6 +97,8 @@ def compress(model: nn.Module, config: MCNCConfig) -> nn.Module:
     """
     if getattr(model, "_mcnc_state", None) is not None:
         raise ModelError("model is already compressed; compress a fresh model or materialize() it first")
+    if config.task_type is None and (task := infer_task_type(model)) is not None:
+        config = dataclasses.replace(config, task_type=task)  # recorded in the bundle's config
     targets = _select_targets(model, config)
     if not targets:
         raise ModelError(

@@ -10,10 +10,34 @@ from typing import Any, Literal
 from mcnc_core.errors import ConfigError
 from mcnc_core.generator import INIT_RULES, GeneratorSpec
 
-__all__ = ["CONFIG_FORMAT_VERSION", "MCNCConfig"]
+__all__ = ["CONFIG_FORMAT_VERSION", "TASK_TYPES", "MCNCConfig", "infer_task_type"]
 
 CONFIG_FORMAT_VERSION = 1
 Mode = Literal["full", "delta"]
+#: PEFT's ``TaskType`` values (``peft/utils/peft_types.py``): what ``AutoPeftModelFor*`` reads.
+TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+# transformers' head classes by name suffix (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ...), longest first.
+_TASK_BY_SUFFIX = (
+    ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+    ("ForSequenceClassification", "SEQ_CLS"),
+    ("ForTokenClassification", "TOKEN_CLS"),
+    ("ForQuestionAnswering", "QUESTION_ANS"),
+    ("ForSeq2SeqLM", "SEQ_2_SEQ_LM"),
+    ("ForCausalLM", "CAUSAL_LM"),
+    ("LMHeadModel", "CAUSAL_LM"),
+)
+
+
+def infer_task_type(model: object) -> str | None:
+    """The PEFT task type of a model, from its class name (transformers' naming), or None.
+
+    ``*ForCausalLM`` and ``*LMHeadModel`` are ``CAUSAL_LM``; ``*ForSequenceClassification``
+    ``SEQ_CLS``; ``*ForTokenClassification`` ``TOKEN_CLS``; ``*ForQuestionAnswering``
+    ``QUESTION_ANS``; ``*ForSeq2SeqLM`` and ``*ForConditionalGeneration`` ``SEQ_2_SEQ_LM``.
+    Anything else (a plain ``nn.Module``, a bare ``LlamaModel``) has none.
+    """
+    name = type(model).__name__
+    return next((task for suffix, task in _TASK_BY_SUFFIX if name.endswith(suffix)), None)
 
 
 def _as_patterns(name: str, value: Any) -> tuple[str, ...] | None:
@@ -86,6 +110,11 @@ class MCNCConfig:
             a default-initialised chunk of that layer; delta mode always starts at ``beta = 0``
             (the fine-tune starts exactly at the base) for the last factor.
         base_name: delta mode: a human name for the base, recorded in the bundle.
+        task_type: the model's PEFT task type (one of ``TASK_TYPES``), written to an exported
+            adapter's ``adapter_config.json`` (``AutoPeftModelFor*`` needs it). ``None``:
+            ``compress`` infers it from the model's class (``infer_task_type``); it stays ``None``
+            for models that are not transformers heads. Omitted from ``to_dict`` when ``None``, so
+            configs without it keep their bytes.
         format_version: version of this config's schema (``CONFIG_FORMAT_VERSION``).
 
     Raises:
@@ -110,6 +139,7 @@ class MCNCConfig:
     beta_init: Literal["kaiming"] = "kaiming"
     base_name: str | None = None
     format_version: int = field(default=CONFIG_FORMAT_VERSION)
+    task_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "delta"):
@@ -137,6 +167,8 @@ class MCNCConfig:
             raise ConfigError(f"beta_init must be 'kaiming', got {self.beta_init!r}")
         if self.base_name is not None and not isinstance(self.base_name, str):
             raise ConfigError(f"base_name must be a string, got {self.base_name!r}")
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise ConfigError(f"task_type must be None or one of {list(TASK_TYPES)}, got {self.task_type!r}")
 
     def generator_spec(self) -> GeneratorSpec:
         """The frozen generator this config describes (validated)."""
@@ -173,6 +205,8 @@ class MCNCConfig:
             del out["generator_version"]
             if out["init_seed"] == 0:
                 del out["init_seed"]
+        if out["task_type"] is None:  # configs written before task_type existed keep their bytes
+            del out["task_type"]
         return out
 
     @classmethod

@@ -291,7 +291,7 @@ def peft_adapter_files(
         "r": r,
         "rank_pattern": pattern,
         "target_modules": sorted(ranks),
-        "task_type": None,
+        "task_type": bundle.config.task_type,  # recorded by compress (MCNCConfig.task_type)
         "use_dora": False,
         "use_rslora": False,
     }

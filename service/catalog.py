@@ -222,7 +222,9 @@ class Catalog:
             raise LimitExceededError(f"bundle refused: {exc.message}") from exc
         return bundle
 
-    def ingest(self, tmp: Staged, name: str | None, tag: str) -> tuple[BundleRecord, bool]:
+    def ingest(
+        self, tmp: Staged, name: str | None, tag: str, files: dict[str, str] | None = None
+    ) -> tuple[BundleRecord, bool]:
         """Validate, bound and (up to ``verify_max_params``, base here) verify a staged upload, then store
         blob and metadata (optionally tagging it ``name:tag``); ``(record, created)``.
 
@@ -258,7 +260,8 @@ class Catalog:
                 self._remember(digest, bundle)
             # Also for stored bytes: the store re-checks the blob inside the transaction, so an upload
             # racing a delete of the same digest ends with both row and blob (or neither).
-            return self.store.add_bundle(tmp, rec, tag=(name, tag) if name is not None else None)
+            # ``files``: sidecars attached to the tag (service/hub/sidecars.py), in the tag's transaction.
+            return self.store.add_bundle(tmp, rec, tag=(name, tag) if name is not None else None, files=files)
         finally:
             tmp.discard()
 

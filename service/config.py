@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # PEFT adapters served on the Hub routes: dtype of the LoRA factors, and the export cache's budget.
     adapter_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     adapter_cache_bytes: int = Field(256 << 20, ge=0)
+    # Sidecar files of Hub repos (config.json, tokenizer files, README.md): POST /files, file= on pushes.
+    max_file_bytes: int = Field(32 << 20, ge=1)  # one file's size; beyond: 413
+    max_files: int = Field(64, ge=0, le=1000)  # files attached to one tag or named base; beyond: 400
 
     @field_validator("redis_url", "api_tokens", "database_url", "blob_url", "s3_endpoint_url", mode="before")
     @classmethod

@@ -12,6 +12,7 @@
     │   ├── BundleNotFoundError        404 bundle_not_found
     │   ├── ModelNotFoundError         404 model_not_found
     │   ├── BaseNotFoundError          404 base_not_found
+    │   ├── FileNotStoredError         404 file_not_found: a sidecar file (POST /files) not stored
     │   ├── RepoNotFoundError          404 repo_not_found       (Hub routes; X-Error-Code RepoNotFound)
     │   ├── RevisionNotFoundError      404 revision_not_found   (Hub routes; X-Error-Code RevisionNotFound)
     │   └── EntryNotFoundError         404 entry_not_found      (Hub routes; X-Error-Code EntryNotFound)
@@ -39,12 +40,10 @@
         └── SchemaOutOfDateError         older (or newer) than this server: run ``mcnc db upgrade``
 
 Every response body is ``{"error": {"code", "message", "request_id"}}`` and ``X-Error-Code``
-repeats the code, except on the Hub routes (``/api/models...`` and ``/{repo}/resolve/...``), which
-answer as the Hugging Face Hub does, since every ``huggingface_hub`` release parses that form (0.23
-and 0.25 fail with ``TypeError`` / ``AttributeError`` on an object under ``"error"``): the body is
-``{"error": "<message>"}``, ``X-Error-Message`` repeats the message, ``X-Request-Id`` carries the
-request id, and ``X-Error-Code`` is the Hub's name for the three errors marked above (from which
-``huggingface_hub`` picks its exception class), the service's code otherwise.
+repeats the code, except for the three Hub-route errors marked above: there ``X-Error-Code``
+carries the Hugging Face Hub's name, from which ``huggingface_hub`` picks its exception class;
+``X-Error-Message`` repeats the message for it too. On the Hub paths themselves (``is_hub_path``)
+every error has the Hub's body, ``{"error": "<message>"}``, which every huggingface_hub reads.
 """
 
 from __future__ import annotations
@@ -70,6 +69,7 @@ __all__ = [
     "ConflictError",
     "CrossOriginError",
     "EntryNotFoundError",
+    "FileNotStoredError",
     "FingerprintMismatchError",
     "ForbiddenError",
     "HostNotAllowedError",
@@ -99,7 +99,6 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "check_upload_type",
     "error_response",
-    "hub_error_response",
     "install_error_handlers",
     "is_hub_path",
 ]
@@ -154,6 +153,10 @@ class ModelNotFoundError(NotFoundError):
 
 class BaseNotFoundError(NotFoundError):
     code = "base_not_found"
+
+
+class FileNotStoredError(NotFoundError):
+    code = "file_not_found"
 
 
 class RepoNotFoundError(NotFoundError):
@@ -276,6 +279,7 @@ ERROR_CODES: dict[str, int] = {
         BundleNotFoundError,
         ModelNotFoundError,
         BaseNotFoundError,
+        FileNotStoredError,
         RepoNotFoundError,
         RevisionNotFoundError,
         EntryNotFoundError,
@@ -324,46 +328,44 @@ def check_upload_type(content_type: str | None, what: str, route: str) -> None:
     raise UnsupportedMediaTypeError(f"uploads with Content-Type {media!r} are not read: {how}")
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The envelope ``{"error": {"code", "message", "request_id"}}`` with ``X-Error-Code``."""
-    body = {"error": {"code": code, "message": message, "request_id": uuid.uuid4().hex}}
-    return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Error-Code": code})
-
-
-# The Hub routes (service/routers/hub.py): "/api/models" and below, and anything with a "resolve"
-# segment, which no name may contain (the routers send such paths to the Hub's file route first).
-_HUB_PATH = re.compile(r"^/api/models(/|$)|/resolve/")
+# The Hub-compatible routes (service/routers/hub.py): /api/... and /{repo}/resolve/... (a name part
+# cannot be "resolve", and the project's own routes start with these words).
+_HUB_PATH = re.compile(r"^/(?:api/|(?!(?:models|bundles|bases|files|ui|health)/)[^/]+(?:/[^/]+)?/resolve/)")
 
 
 def is_hub_path(path: str) -> bool:
-    """Whether ``path`` belongs to the Hub-compatible routes, whose errors take the Hub's form."""
-    return _HUB_PATH.search(path) is not None
+    """True for the paths huggingface_hub requests (``/api/...``, ``/{repo}/resolve/...``)."""
+    return _HUB_PATH.match(path) is not None
 
 
-def hub_error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The Hub's error form: ``{"error": "<message>"}``, ``X-Error-Code`` (``code``), ``X-Error-Message``."""
-    # A header value is one latin-1 line: newlines and other characters are replaced, the body keeps them.
-    header_message = " ".join(message.split()).encode("ascii", "replace").decode()
-    extra = {"X-Error-Code": code, "X-Error-Message": header_message, "X-Request-Id": uuid.uuid4().hex}
-    return JSONResponse({"error": message}, status_code=status, headers={**(headers or {}), **extra})
-
-
-def _respond(
-    request: Request,
-    status: int,
-    code: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-    hub_code: str | None = None,
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, hub: bool = False
 ) -> JSONResponse:
-    if is_hub_path(request.url.path):
-        return hub_error_response(status, hub_code or code, message, headers)
-    return error_response(status, code, message, headers)
+    """The envelope ``{"error": {"code", "message", "request_id"}}`` with ``X-Error-Code``.
+
+    ``hub``: the Hugging Face Hub's shape instead, ``{"error": "<message>"}`` plus ``X-Error-Code``
+    and ``X-Error-Message``: huggingface_hub 0.23 and 0.25 read ``error`` as a string (a dict there
+    raised ``TypeError`` / ``AttributeError`` instead of ``RepositoryNotFoundError``: 0.23
+    ``utils/_errors.py HfHubHTTPError.__init__``, 0.25 ``utils/_http.py _format``).
+    """
+    request_id = uuid.uuid4().hex
+    if hub:
+        safe = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+        extra = {"X-Error-Code": code, "X-Error-Message": safe, "X-Request-Id": request_id}
+        return JSONResponse({"error": message}, status_code=status, headers={**(headers or {}), **extra})
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Error-Code": code})
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _respond(request, exc.status, exc.code, exc.message, exc.headers, exc.hub_code)
+    if is_hub_path(request.url.path):
+        return error_response(exc.status, exc.hub_code or exc.code, exc.message, exc.headers, hub=True)
+    response = error_response(exc.status, exc.code, exc.message, exc.headers)
+    if exc.hub_code is not None:
+        response.headers["X-Error-Code"] = exc.hub_code
+        response.headers["X-Error-Message"] = exc.message.encode("ascii", "replace").decode()
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -372,7 +374,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return _respond(request, 422, "invalid_request", "; ".join(parts) or "invalid request")
+    hub = is_hub_path(request.url.path)
+    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request", hub=hub)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -399,7 +402,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         allowed = _allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
         headers["Allow"] = ", ".join(allowed)
         message = f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
-    return _respond(request, exc.status_code, code, message, headers)
+    return error_response(exc.status_code, code, message, headers, hub=is_hub_path(request.url.path))
 
 
 class StalledReaderError(Exception):
@@ -410,12 +413,12 @@ class StalledReaderError(Exception):
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StalledReaderError):
         log.exception("unhandled error", exc_info=exc)
-    return _respond(request, 500, "internal_error", f"internal error ({type(exc).__name__})")
+    message = f"internal error ({type(exc).__name__})"
+    return error_response(500, "internal_error", message, hub=is_hub_path(request.url.path))
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every error (ours, validation, routing 404/405, unexpected) through the envelope (the
-    Hub's form on the Hub routes)."""
+    """Route every error (ours, validation, routing 404/405, unexpected) through the envelope."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

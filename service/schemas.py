@@ -9,6 +9,8 @@ __all__ = [
     "BundlePublic",
     "ErrorBody",
     "ErrorResponse",
+    "FilePublic",
+    "HubErrorResponse",
     "LoadedModel",
     "LoadedModels",
     "ModelPublic",
@@ -25,6 +27,19 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class FilePublic(BaseModel):
+    """A stored sidecar file (``POST /files``): its content sha256 and size."""
+
+    sha256: str
+    size: int
+
+
+class HubErrorResponse(BaseModel):
+    """The Hugging Face Hub's error body, on the Hub routes (``X-Error-Code``/``X-Error-Message`` too)."""
+
+    error: str
 
 
 class TagPublic(BaseModel):

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from service.deps import CatalogDep, SettingsDep, StoreDep, require
 from service.errors import BundleNotFoundError, InvalidRequestError
 from service.http import check_upload_type, ranged_response, staged_upload
+from service.hub.sidecars import parse_file_params
 from service.openapi import DigestPath, RefPath, binary_body, binary_responses
 from service.schemas import BundlePublic
 from service.storage import DEFAULT_TAG, parse_ref, validate_name, validate_tag
@@ -32,6 +33,7 @@ async def upload_bundle(
     settings: SettingsDep,
     name: Annotated[str | None, Query(max_length=128)] = None,
     tag: Annotated[str | None, Query(max_length=128)] = None,
+    file: Annotated[list[str], Query(description="<filename>:<sha256> of a file from POST /files")] = [],  # noqa: B006
 ) -> JSONResponse:
     """Store a bundle (201 first time, 200 for bytes already stored); optionally name:tag it."""
     check_upload_type(request.headers.get("content-type"), "bundle file", "/bundles?name=<name>&tag=<tag>")
@@ -41,8 +43,11 @@ async def upload_bundle(
         if name is None:
             raise InvalidRequestError("tag given without name")
         validate_tag(tag)
+    files = parse_file_params(file, settings)  # sidecars for the tag (service/hub/sidecars.py)
+    if files and name is None:
+        raise InvalidRequestError("file= given without name: files are attached to a name:tag")
     async with staged_upload(request, store, settings) as tmp:
-        rec, created = await run_in_threadpool(catalog.ingest, tmp, name, tag or DEFAULT_TAG)
+        rec, created = await run_in_threadpool(catalog.ingest, tmp, name, tag or DEFAULT_TAG, files)
     body = await run_in_threadpool(catalog.public, rec)
     return JSONResponse(body.model_dump(), status_code=201 if created else 200, headers={"ETag": f'"{rec.digest}"'})
 

@@ -19,13 +19,18 @@ from service.storage.local_cache import LocalBlobCache
 from service.storage.metadata import MetadataStore
 from service.storage.refs import (
     DEFAULT_TAG,
+    KINDS,
+    BaseNameRecord,
     BaseRecord,
     BundleRecord,
+    FileRecord,
     Kind,
     Ref,
     TagRecord,
+    commit_id,
     is_digest,
     parse_ref,
+    validate_filename,
     validate_name,
     validate_tag,
 )
@@ -34,11 +39,14 @@ from service.storage.store import Store, open_blob_store
 
 __all__ = [
     "DEFAULT_TAG",
+    "KINDS",
+    "BaseNameRecord",
     "BaseRecord",
     "BlobReader",
     "BlobStore",
     "BundleRecord",
     "FileBlobStore",
+    "FileRecord",
     "Kind",
     "LocalBlobCache",
     "MetadataStore",
@@ -47,9 +55,11 @@ __all__ = [
     "Staged",
     "Store",
     "TagRecord",
+    "commit_id",
     "is_digest",
     "open_blob_store",
     "parse_ref",
+    "validate_filename",
     "validate_name",
     "validate_tag",
 ]

@@ -18,7 +18,7 @@ from typing import IO
 
 from service.errors import BlobNotFoundError, StorageUnavailableError
 from service.storage.blobs import BlobReader, BlobStore, Staged
-from service.storage.refs import Kind, is_digest
+from service.storage.refs import KINDS, Kind, is_digest
 
 __all__ = ["FileBlobStore"]
 
@@ -51,13 +51,13 @@ class FileBlobStore(BlobStore):
         self.root = Path(root)
         self.url = self.root.as_uri()
         self._incoming = self.root / ".incoming"
-        for d in (self._incoming, self.root / "bundles", self.root / "bases"):
+        for d in (self._incoming, *(self.root / k for k in KINDS)):
             d.mkdir(parents=True, exist_ok=True)
         for stale in self._incoming.iterdir():  # left by a crash mid-put: never visible, never referenced
             stale.unlink(missing_ok=True)
 
     def _path(self, kind: Kind, digest: str) -> Path:
-        if kind not in ("bundles", "bases") or not is_digest(digest):
+        if kind not in KINDS or not is_digest(digest):
             raise ValueError(f"not a blob name: {kind}/{digest}")
         return self.root / kind / digest
 

@@ -10,6 +10,12 @@ PostgreSQL; SQLite serialises writers with ``BEGIN IMMEDIATE``) and run the call
 to make blob changes part of the metadata transaction: a delete removes the blob before the row's
 removal commits, an upload checks that the blob exists before its row commits, so no interleaving
 of uploads and deletes of one digest leaves a row without its blob.
+
+Hub repos (``service/hub``): a tag's sidecar files are written in the transaction that moves the
+tag and define its commit id together with the digest (``refs.commit_id``), so a revision, its
+files and its commit never disagree. A name is either a bundle repo (tags) or a named base, never
+both. ``main`` (``main_tag``) is the tag called ``main`` if the name has one, else the tag pushed
+most recently.
 """
 
 from __future__ import annotations
@@ -27,10 +33,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from service.errors import BundleNotFoundError, ConflictError, StorageUnavailableError, StoreConfigError
+from service.errors import (
+    BaseNotFoundError,
+    BundleNotFoundError,
+    ConflictError,
+    InvalidRequestError,
+    StorageUnavailableError,
+    StoreConfigError,
+)
 from service.storage import migrate
-from service.storage.refs import BaseRecord, BundleRecord, Ref, TagRecord
-from service.storage.schema import bases, bundles, tags
+from service.storage.refs import BaseNameRecord, BaseRecord, BundleRecord, FileRecord, Ref, TagRecord, commit_id
+from service.storage.schema import base_files, base_names, bases, bundles, files, tag_files, tags
 
 __all__ = ["MetadataStore"]
 
@@ -161,6 +174,101 @@ class MetadataStore:
             row = conn.execute(select(tags).where(tags.c.name == name, tags.c.tag == tag)).first()
         return TagRecord(**row._asdict()) if row else None
 
+    def main_tag(self, name: str) -> TagRecord | None:
+        """The Hub's ``main`` of ``name``: its tag ``main`` if it has one, else its most recently pushed tag."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(tags).where(tags.c.name == name, tags.c.tag == "main")).first()
+            if row is None:
+                newest = select(tags).where(tags.c.name == name).order_by(tags.c.updated_at.desc(), tags.c.tag)
+                row = conn.execute(newest.limit(1)).first()
+        return TagRecord(**row._asdict()) if row else None
+
+    def tag_by_commit(self, name: str, commit: str) -> TagRecord | None:
+        """A tag of ``name`` whose commit id is ``commit`` (the first by tag order), or None."""
+        query = select(tags).where(tags.c.name == name, tags.c.commit == commit).order_by(tags.c.tag).limit(1)
+        with self._tx(write=False) as conn:
+            row = conn.execute(query).first()
+        return TagRecord(**row._asdict()) if row else None
+
+    def tag_files(self, name: str, tag: str) -> list[FileRecord]:
+        """The sidecar files attached to ``name:tag`` (by file name); empty for none or no such tag."""
+        query = (
+            select(tag_files.c.filename, tag_files.c.sha256, files.c.size, files.c.oid)
+            .join(files, files.c.sha256 == tag_files.c.sha256)
+            .where(tag_files.c.name == name, tag_files.c.tag == tag)
+            .order_by(tag_files.c.filename)
+        )
+        with self._tx(write=False) as conn:
+            return [FileRecord(r.filename, r.sha256, r.size, r.oid) for r in conn.execute(query)]
+
+    def get_file(self, sha256: str) -> FileRecord | None:
+        """The stored sidecar blob ``sha256`` (``name`` is empty: blobs have none of their own), or None."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(files).where(files.c.sha256 == sha256)).first()
+        return FileRecord("", row.sha256, row.size, row.oid) if row else None
+
+    def base_names(self, digest: str) -> list[str]:
+        """The repo names the base ``digest`` is registered under (sorted)."""
+        query = select(base_names.c.name).where(base_names.c.digest == digest).order_by(base_names.c.name)
+        with self._tx(write=False) as conn:
+            return [r.name for r in conn.execute(query)]
+
+    def base_name(self, name: str) -> BaseNameRecord | None:
+        """The registration of a base under repo name ``name``, or None."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(base_names).where(base_names.c.name == name)).first()
+        return BaseNameRecord(**row._asdict()) if row else None
+
+    def base_by_name(self, name: str) -> BaseRecord | None:
+        """The base registered under repo name ``name``, or None."""
+        query = select(bases).join(base_names, base_names.c.digest == bases.c.digest).where(base_names.c.name == name)
+        with self._tx(write=False) as conn:
+            row = conn.execute(query).first()
+        return BaseRecord(**row._asdict()) if row else None
+
+    def base_files(self, name: str) -> list[FileRecord]:
+        """The sidecar files of the base named ``name`` (by file name)."""
+        query = (
+            select(base_files.c.filename, base_files.c.sha256, files.c.size, files.c.oid)
+            .join(files, files.c.sha256 == base_files.c.sha256)
+            .where(base_files.c.name == name)
+            .order_by(base_files.c.filename)
+        )
+        with self._tx(write=False) as conn:
+            return [FileRecord(r.filename, r.sha256, r.size, r.oid) for r in conn.execute(query)]
+
+    def list_repo_names(
+        self, *, limit: int, after: str | None = None, search: str | None = None, author: str | None = None
+    ) -> list[tuple[str, str, float]]:
+        """Hub repos in name order: ``(name, "bundles" | "bases", last update)``, at most ``limit``, names
+        after ``after`` (the cursor), containing ``search`` (any case), in org ``author``. Two keyset
+        queries (tag names grouped, base names), merged: no OFFSET, however many names there are."""
+
+        def where(col: Any) -> list[Any]:
+            conds = []
+            if after is not None:
+                conds.append(col > after)
+            if search:
+                escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                conds.append(col.ilike(f"%{escaped}%", escape="\\"))
+            if author:
+                conds.append(col.startswith(author + "/", autoescape=True))
+            return conds
+
+        named = (
+            select(tags.c.name, func.max(tags.c.updated_at).label("updated"))
+            .where(*where(tags.c.name))
+            .group_by(tags.c.name)
+            .order_by(tags.c.name)
+            .limit(limit)
+        )
+        based = select(base_names.c.name, base_names.c.updated_at).where(*where(base_names.c.name))
+        based = based.order_by(base_names.c.name).limit(limit)
+        with self._tx(write=False) as conn:
+            rows = [(r[0], "bundles", float(r[1])) for r in conn.execute(named)]
+            rows += [(r[0], "bases", float(r[1])) for r in conn.execute(based)]
+        return sorted(rows)[:limit]
+
     def resolve(self, ref: Ref) -> str | None:
         """The digest of the stored bundle ``ref`` names, or None."""
         if ref.digest is not None:
@@ -184,16 +292,6 @@ class MetadataStore:
         with self._tx(write=False) as conn:
             return [TagRecord(**r._asdict()) for r in conn.execute(query)]
 
-    def newest_tag(self, name: str) -> TagRecord | None:
-        """The tag of ``name`` moved last (greatest ``updated_at``; of equal times the greatest tag), or None.
-
-        One query over the name's rows (the primary key's ``name`` prefix), not a load of its tags.
-        """
-        query = select(tags).where(tags.c.name == name).order_by(tags.c.updated_at.desc(), tags.c.tag.desc()).limit(1)
-        with self._tx(write=False) as conn:
-            row = conn.execute(query).first()
-        return TagRecord(**row._asdict()) if row else None
-
     def list_tags(self, *, limit: int, offset: int, digest: str | None = None) -> tuple[list[TagRecord], int]:
         """One page of every name:tag, or of those pointing at ``digest`` (ordered by name, tag), and
         their total count, read together (LIMIT/OFFSET and COUNT in SQL: a bundle may have many tags)."""
@@ -210,27 +308,106 @@ class MetadataStore:
 
     # writes
     def add_bundle(
-        self, rec: BundleRecord, *, tag: tuple[str, str] | None, before_commit: Callable[[], None]
+        self,
+        rec: BundleRecord,
+        *,
+        tag: tuple[str, str] | None,
+        before_commit: Callable[[], None],
+        files: dict[str, str] | None = None,
     ) -> tuple[BundleRecord, bool]:
         """Insert ``rec`` unless its digest is stored, point ``tag`` (name, tag) at it, in one transaction.
 
         ``before_commit`` runs with the bundle's row locked (after the insert, before the tag move).
+        ``files`` (file name -> sha256 of a stored file) become the tag's sidecar files, replacing
+        those it had: a push defines the revision (its commit id covers them).
 
         Returns:
             The stored record (the first upload's, for a digest stored before) and whether it was inserted.
+
+        Raises:
+            InvalidRequestError: a file sha256 that is not stored (upload it with POST /files first).
+            ConflictError: the name is a registered base's repo name.
         """
         with self._tx(write=True) as conn:
+            if tag is not None:
+                self._check_files(conn, files or {})
+                if conn.execute(select(base_names.c.name).where(base_names.c.name == tag[0])).first():
+                    raise ConflictError(f"{tag[0]!r} is the repo name of a registered base; push under another name")
             row, created = self._insert_locked(conn, bundles, dataclasses.asdict(rec))
             before_commit()
             if tag is not None:
-                self._set_tag(conn, tag[0], tag[1], rec.digest)
+                self._set_tag(conn, tag[0], tag[1], rec.digest, files or {})
         return BundleRecord(**row._asdict()), created
 
-    def _set_tag(self, conn: Connection, name: str, tag: str, digest: str) -> None:
+    @staticmethod
+    def _check_files(conn: Connection, wanted: dict[str, str]) -> None:
+        if not wanted:
+            return
+        shas = set(wanted.values())
+        have = {r.sha256 for r in conn.execute(select(files.c.sha256).where(files.c.sha256.in_(shas)))}
+        missing = sorted(f"{n}:{s}" for n, s in wanted.items() if s not in have)
+        if missing:
+            raise InvalidRequestError(
+                f"file {missing[0]} is not stored here: upload its bytes with POST /files first "
+                f"({len(missing)} missing)"
+            )
+
+    def _set_tag(
+        self, conn: Connection, name: str, tag: str, digest: str, attached: dict[str, str] | None = None
+    ) -> None:
         now = time.time()
-        ins = self._insert(tags).values(name=name, tag=tag, digest=digest, updated_at=now)
-        upsert = ins.on_conflict_do_update(index_elements=["name", "tag"], set_={"digest": digest, "updated_at": now})
+        attached = attached or {}
+        commit = commit_id(digest, attached.items())
+        conn.execute(delete(tag_files).where(tag_files.c.name == name, tag_files.c.tag == tag))
+        ins = self._insert(tags).values(name=name, tag=tag, digest=digest, updated_at=now, commit=commit)
+        upsert = ins.on_conflict_do_update(
+            index_elements=["name", "tag"], set_={"digest": digest, "updated_at": now, "commit": commit}
+        )
         conn.execute(upsert)
+        if attached:
+            rows = [{"name": name, "tag": tag, "filename": f, "sha256": sha} for f, sha in sorted(attached.items())]
+            conn.execute(tag_files.insert(), rows)
+
+    def add_file(self, rec: FileRecord, *, before_commit: Callable[[], None]) -> bool:
+        """Record the sidecar blob ``rec.sha256`` unless stored; ``before_commit`` runs with its row locked.
+
+        Returns:
+            Whether it was inserted.
+        """
+        values = {"sha256": rec.sha256, "size": rec.size, "oid": rec.oid, "created_at": time.time()}
+        ins = self._insert(files).values(**values).on_conflict_do_nothing(index_elements=["sha256"])
+        with self._tx(write=True) as conn:
+            created = conn.execute(ins.returning(files.c.sha256)).first() is not None
+            conn.execute(select(files.c.sha256).where(files.c.sha256 == rec.sha256).with_for_update()).first()
+            before_commit()
+        return created
+
+    def set_base_name(self, name: str, digest: str, attached: dict[str, str]) -> BaseNameRecord:
+        """Register the stored base ``digest`` under repo name ``name`` with sidecar ``attached``
+        (file name -> sha256), replacing an earlier registration of that name.
+
+        Raises:
+            BaseNotFoundError: no base ``digest``; InvalidRequestError: a file not stored;
+            ConflictError: ``name`` is a bundle repo (it has tags).
+        """
+        now, commit = time.time(), commit_id(digest, attached.items())
+        with self._tx(write=True) as conn:
+            if conn.execute(select(bases.c.digest).where(bases.c.digest == digest)).first() is None:
+                raise BaseNotFoundError(f"no base sha256:{digest}")
+            self._check_files(conn, attached)
+            if conn.execute(select(tags.c.name).where(tags.c.name == name).limit(1)).first():
+                raise ConflictError(f"{name!r} is a bundle repo (it has tags); register the base under another name")
+            conn.execute(delete(base_files).where(base_files.c.name == name))
+            ins = self._insert(base_names).values(name=name, digest=digest, commit=commit, updated_at=now)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["name"], set_={"digest": digest, "commit": commit, "updated_at": now}
+                )
+            )
+            if attached:
+                rows = [{"name": name, "filename": f, "sha256": sha} for f, sha in sorted(attached.items())]
+                conn.execute(base_files.insert(), rows)
+        return BaseNameRecord(name, digest, commit, now)
 
     def mark_verified(self, digest: str, when: float) -> None:
         """Record that ``digest``'s reconstruction matched its fingerprint at ``when`` (no-op if gone)."""

@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from service.errors import BlobNotFoundError, StorageUnavailableError, StoreConfigError
 from service.storage.blobs import BlobReader, BlobStore, Staged
-from service.storage.refs import Kind, is_digest
+from service.storage.refs import KINDS, Kind, is_digest
 
 __all__ = ["S3BlobStore"]
 
@@ -72,7 +72,7 @@ class S3BlobStore(BlobStore):
         self._abort_stale_uploads()
 
     def _key(self, kind: Kind, digest: str) -> str:
-        if kind not in ("bundles", "bases") or not is_digest(digest):
+        if kind not in KINDS or not is_digest(digest):
             raise ValueError(f"not a blob name: {kind}/{digest}")
         return f"{self.prefix}/{kind}/{digest}" if self.prefix else f"{kind}/{digest}"
 

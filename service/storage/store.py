@@ -20,12 +20,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from service.config import Settings
-from service.errors import BaseNotFoundError, BlobNotFoundError, BundleNotFoundError, StoreConfigError
+from service.errors import (
+    BaseNotFoundError,
+    BlobNotFoundError,
+    BundleNotFoundError,
+    FileNotStoredError,
+    StoreConfigError,
+)
 from service.storage.blobs import BlobReader, BlobStore, Staged
 from service.storage.file_blobs import FileBlobStore
 from service.storage.local_cache import LocalBlobCache
 from service.storage.metadata import MetadataStore
-from service.storage.refs import BaseRecord, BundleRecord, Kind
+from service.storage.refs import BaseRecord, BundleRecord, FileRecord, Kind
 from service.storage.s3_blobs import S3BlobStore
 
 __all__ = ["Store", "open_blob_store"]
@@ -94,20 +100,53 @@ class Store:
             self.blobs.put(kind, digest, staged)
 
     def add_bundle(
-        self, staged: Staged, rec: BundleRecord, *, tag: tuple[str, str] | None
+        self, staged: Staged, rec: BundleRecord, *, tag: tuple[str, str] | None, files: dict[str, str] | None = None
     ) -> tuple[BundleRecord, bool]:
-        """Store a validated bundle's blob and record, and point ``tag`` (name, tag) at it.
+        """Store a validated bundle's blob and record, and point ``tag`` (name, tag) at it with the
+        sidecar ``files`` (file name -> sha256 of a stored file) in the same transaction.
 
         Returns:
             The stored record and whether it is new.
         """
         self.blobs.put("bundles", rec.digest, staged)
-        return self.meta.add_bundle(rec, tag=tag, before_commit=lambda: self._ensure("bundles", rec.digest, staged))
+        ensure = lambda: self._ensure("bundles", rec.digest, staged)  # noqa: E731
+        return self.meta.add_bundle(rec, tag=tag, before_commit=ensure, files=files)
 
     def add_base(self, staged: Staged, rec: BaseRecord) -> tuple[BaseRecord, bool]:
         """Store a validated base's blob and record; the record and whether it is new."""
         self.blobs.put("bases", rec.digest, staged)
         return self.meta.add_base(rec, before_commit=lambda: self._ensure("bases", rec.digest, staged))
+
+    def add_file(self, staged: Staged, sha256: str, oid: str) -> tuple[FileRecord, bool]:
+        """Store a sidecar file (``staged.finish()`` gave ``sha256``; ``oid`` is its git blob id); its
+        record and whether it is new."""
+        self.blobs.put("files", sha256, staged)
+        rec = FileRecord("", sha256, staged.size, oid)
+        created = self.meta.add_file(rec, before_commit=lambda: self._ensure("files", sha256, staged))
+        return rec, created
+
+    def open_file(self, sha256: str, start: int = 0, end: int | None = None) -> BlobReader:
+        """Bytes ``[start, end)`` (default: all) of a stored sidecar file, opened.
+
+        Raises:
+            FileNotStoredError: no such file (404).
+        """
+        if end is None:
+            rec = self.meta.get_file(sha256)
+            if rec is None:
+                raise FileNotStoredError(f"no file sha256:{sha256}")
+            end = rec.size
+        try:
+            return self.blobs.open_range("files", sha256, start, end)
+        except BlobNotFoundError as exc:
+            raise FileNotStoredError(f"no file sha256:{sha256}") from exc
+
+    def file_bytes(self, sha256: str) -> bytes:
+        """A stored sidecar file's bytes (they are small: ``MCNC_MAX_FILE_BYTES``); FileNotStoredError if gone."""
+        try:
+            return self.blobs.read_all("files", sha256)
+        except BlobNotFoundError as exc:
+            raise FileNotStoredError(f"no file sha256:{sha256}") from exc
 
     def delete_bundle(self, digest: str, *, force: bool) -> None:
         """Delete a bundle, its tags and its blob; see ``MetadataStore.delete_bundle`` for the errors."""

@@ -105,7 +105,7 @@ def postgres(postgres_url: str) -> str:
 
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE tags, bundles, bases"))
+        conn.execute(sa.text("TRUNCATE tag_files, base_files, base_names, files, tags, bundles, bases"))
     engine.dispose()
     return postgres_url
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service import Settings, create_app
 from service.errors import SchemaOutOfDateError
-from service.storage import MetadataStore, migrate
+from service.storage import MetadataStore, commit_id, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +66,9 @@ def test_a_data_directory_from_before_migrations_keeps_working(tmp_path, tiny):
     engine = sa.create_engine(f"sqlite:///{data / 'mcnc.sqlite3'}")
     with engine.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
+        # 0004 backfilled the Hub commit id of the old row (no files: the digest alone).
+        row = conn.execute(sa.text("SELECT \"commit\" FROM tags WHERE name = 'old' AND tag = 'v1'")).one()
+        assert row[0] == commit_id(digest, [])
     engine.dispose()
 
 
