@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # PEFT adapters served on the Hub routes: dtype of the LoRA factors, and the export cache's budget.
     adapter_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     adapter_cache_bytes: int = Field(256 << 20, ge=0)
+    # Adapters larger than adapter_cache_bytes are kept on local disk under data_dir (LRU), up to this.
+    adapter_disk_bytes: int = Field(4 << 30, ge=0)
 
     @field_validator("redis_url", "api_tokens", "database_url", "blob_url", "s3_endpoint_url", mode="before")
     @classmethod

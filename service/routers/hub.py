@@ -15,6 +15,7 @@ import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
 
 from service.adapters import AdapterStore
 from service.deps import AdaptersDep, StoreDep, require
@@ -105,7 +106,7 @@ def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: st
         "tags": ["peft", "lora", "mcnc"],
         "createdAt": _iso(rec.created_at),
         "lastModified": _iso(tag.updated_at if tag else rec.created_at),
-        "siblings": [{"rfilename": f.name, "size": len(f.data), "blobId": f.oid} for f in files.values()],
+        "siblings": [{"rfilename": f.name, "size": f.size, "blobId": f.oid} for f in files.values()],
     }
 
 
@@ -113,9 +114,7 @@ def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: st
 def list_tree(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> list[dict[str, Any]]:
     """The repository's files at ``revision`` (flat: no folders; ``recursive`` changes nothing)."""
     digest, _ = resolve_revision(store, repo_id, revision)
-    return [
-        {"type": "file", "path": f.name, "size": len(f.data), "oid": f.oid} for f in adapters.files(digest).values()
-    ]
+    return [{"type": "file", "path": f.name, "size": f.size, "oid": f.oid} for f in adapters.files(digest).values()]
 
 
 # After the two routes above: "{repo_id:path}" would match their paths too.
@@ -144,10 +143,12 @@ def resolve_file(
         "X-Repo-Commit": digest,
         "Cache-Control": "public, max-age=31536000, immutable" if pinned else "no-cache",
     }
-    answer = validate_request(request.headers, len(f.data), f.sha256, headers)
+    answer = validate_request(request.headers, f.size, f.sha256, headers)
     if answer is None:
         return Response(status_code=304, headers=headers)
     status, start, end = answer
     media = "application/json" if filename.endswith(".json") else "application/octet-stream"
-    body = b"" if request.method == "HEAD" else f.data[start:end]
-    return Response(body, status_code=status, headers=headers, media_type=media)
+    if request.method == "HEAD":
+        return Response(b"", status_code=status, headers=headers, media_type=media)
+    body = adapters.open(digest, f, start, end)  # opened here: an eviction cannot cut the response
+    return StreamingResponse(iter(body), status_code=status, headers=headers, media_type=media)
