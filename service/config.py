@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(1 << 30, ge=1)
     # Slow clients (docs/service.md "Connections and slow clients").
     read_timeout: float = Field(30.0, gt=0)  # for a request's head, and between two chunks of its body (408)
+    upload_deadline: float = Field(300.0, gt=0)  # for an upload's whole body, however it trickles in (408)
     keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(512, ge=1)  # connections + requests in flight; beyond: 503 (uvicorn)
     max_concurrent_uploads: int = Field(16, ge=1)  # beyond: 503 too_many_uploads + Retry-After

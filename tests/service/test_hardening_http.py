@@ -145,6 +145,36 @@ def test_stalled_upload_body_gets_408_and_leaves_no_temp_file(tmp_path):
         assert not list((tmp_path / "tmp").glob("upload-*"))
 
 
+def test_an_upload_dripping_inside_the_read_timeout_is_cut_at_its_deadline(tmp_path):
+    """N3: a byte every few seconds (each pause inside MCNC_READ_TIMEOUT) used to hold its slot for good."""
+    with LiveServer(Settings(data_dir=tmp_path, read_timeout=30, upload_deadline=1.0)) as srv:
+        start = time.monotonic()
+        with _stall_upload(srv) as sock:
+            sock.settimeout(0.25)
+            answer = b""
+            while time.monotonic() - start < 6:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                answer += chunk
+                if b"}}" in answer:  # the whole error body (the server may still drain the connection)
+                    break
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert 0.9 < time.monotonic() - start < 6
+        body = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert body["error"]["code"] == "request_timeout" and "MCNC_UPLOAD_DEADLINE" in body["error"]["message"]
+        _wait(lambda: srv.app.state.uploads.uploads == 0)  # its slot and staging space are free again
+        assert srv.app.state.uploads.staged == 0
+        assert not list((tmp_path / "tmp").glob("upload-*"))
+
+
 @pytest.mark.parametrize("sent", [b"", b"GET /health/live HTTP/1.1\r\nHost: 127"], ids=["silent", "partial-head"])
 def test_connections_without_a_complete_request_head_are_closed(tmp_path, sent):
     with LiveServer(Settings(data_dir=tmp_path, read_timeout=0.5)) as srv:
