@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     upload_deadline: float = Field(300.0, gt=0)  # for an upload's whole body, however it trickles in (408)
     keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(512, ge=1)  # connections + requests in flight; beyond: 503 (uvicorn)
+    # Connections one remote IP may hold at once; beyond: 503 as it opens. Behind a reverse proxy every
+    # client has the proxy's IP: set it to max_connections there (and cap clients in the proxy).
+    max_client_connections: int = Field(64, ge=1)
     max_concurrent_uploads: int = Field(16, ge=1)  # beyond: 503 too_many_uploads + Retry-After
     staging_bytes: int = Field(4 << 30, ge=1)  # upload bytes staged on local disk at once; beyond: 507
     shutdown_timeout: float = Field(10.0, ge=0)  # on SIGTERM, requests still running are cut after this

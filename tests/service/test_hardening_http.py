@@ -203,6 +203,26 @@ def test_connection_budget_answers_503(tmp_path):
         _wait(lambda: httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 200)
 
 
+def test_one_client_cannot_take_the_connection_budget_from_the_others(tmp_path):
+    """N8: one client's sockets used to take all of MCNC_MAX_CONNECTIONS (others' /health/live 503)."""
+    with LiveServer(Settings(data_dir=tmp_path, max_connections=6, max_client_connections=3)) as srv:
+        held = [_open(srv) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # accepted
+            with _open(srv) as fourth:
+                answer = _read_all(fourth)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+            body = json.loads(answer.partition(b"\r\n\r\n")[2])
+            assert "MCNC_MAX_CLIENT_CONNECTIONS" in body["error"]["message"]
+            other = httpx.HTTPTransport(local_address="127.0.0.2")  # another client, on loopback too
+            with httpx.Client(transport=other, timeout=5) as c:
+                assert c.get(f"{srv.url}/health/live").status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+        _wait(lambda: httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 200)  # its own cap freed
+
+
 def test_concurrent_upload_budget_answers_503_with_retry_after(tmp_path, tiny):
     with LiveServer(Settings(data_dir=tmp_path, max_concurrent_uploads=1, read_timeout=10)) as srv:
         with _stall_upload(srv):
