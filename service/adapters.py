@@ -20,7 +20,6 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -60,26 +59,37 @@ class AdapterFile:
 
 
 class AdapterBody:
-    """The bytes ``[start, end)`` of one adapter file, opened before the response starts (a file kept on
-    disk stays readable while it is sent even if it is evicted meanwhile: POSIX unlink semantics)."""
+    """The bytes ``[start, end)`` of one adapter file as an iterator, opened before the response starts
+    (a file kept on disk stays readable while it is sent even if it is evicted meanwhile: POSIX unlink
+    semantics). ``close`` closes the file at once, read to the end or not."""
 
     def __init__(self, f: AdapterFile, start: int, end: int, handle: BinaryIO | None) -> None:
-        self.file, self.start, self.end, self._handle = f, start, end, handle
+        self.file, self._pos, self.end, self._handle = f, start, end, handle
+        if handle is not None:
+            handle.seek(start)
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> AdapterBody:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._pos >= self.end:
+            self.close()
+            raise StopIteration
         if self._handle is None:
             assert self.file.data is not None
-            yield self.file.data[self.start : self.end]
-            return
-        with self._handle as fh:
-            fh.seek(self.start)
-            left = self.end - self.start
-            while left > 0:
-                piece = fh.read(min(left, _READ_CHUNK))
-                if not piece:
-                    raise OSError(f"adapter file {self.file.name} was truncated on disk")
-                left -= len(piece)
-                yield piece
+            piece = self.file.data[self._pos : self.end]
+        else:
+            piece = self._handle.read(min(self.end - self._pos, _READ_CHUNK))
+            if not piece:
+                self.close()
+                raise OSError(f"adapter file {self.file.name} was truncated on disk")
+        self._pos += len(piece)
+        return piece
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 class AdapterStore:

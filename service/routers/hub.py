@@ -15,7 +15,6 @@ import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
 
 from service.adapters import AdapterStore
 from service.deps import AdaptersDep, StoreDep, require
@@ -26,7 +25,7 @@ from service.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from service.ranges import validate_request
+from service.http import ranged_response
 from service.storage import DEFAULT_TAG, Store, TagRecord, parse_ref, validate_name
 
 __all__ = ["HUB_DEFAULT_REVISION", "resolve_revision", "router"]
@@ -143,12 +142,12 @@ def resolve_file(
         "X-Repo-Commit": digest,
         "Cache-Control": "public, max-age=31536000, immutable" if pinned else "no-cache",
     }
-    answer = validate_request(request.headers, f.size, f.sha256, headers)
-    if answer is None:
-        return Response(status_code=304, headers=headers)
-    status, start, end = answer
     media = "application/json" if filename.endswith(".json") else "application/octet-stream"
-    if request.method == "HEAD":
-        return Response(b"", status_code=status, headers=headers, media_type=media)
-    body = adapters.open(digest, f, start, end)  # opened here: an eviction cannot cut the response
-    return StreamingResponse(iter(body), status_code=status, headers=headers, media_type=media)
+    return ranged_response(  # the body is opened before the status line: an eviction cannot cut it
+        request,
+        total=f.size,
+        etag=f.sha256,
+        headers=headers,
+        open_body=lambda start, end: adapters.open(digest, f, start, end),
+        media_type=media,
+    )

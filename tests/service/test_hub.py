@@ -209,3 +209,6 @@ def test_an_adapter_over_the_memory_cache_is_kept_on_disk_and_exported_once(tmp_
             p for p in (tmp_path / "server" / "adapters").rglob("*") if p.is_file()
         ]
         assert c.get(url).content == bodies[0]  # exported again, on demand
+        f = adapters.files(digest)["adapter_model.safetensors"]
+        adapters.forget(digest)  # evicted between a request's files() and its body: exported again
+        assert b"".join(adapters.open(digest, f, 0, f.size)) == bodies[0]
