@@ -63,8 +63,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(1 << 30, ge=1)
     # Slow clients (docs/service.md "Connections and slow clients").
     read_timeout: float = Field(30.0, gt=0)  # for a request's head, and between two chunks of its body (408)
+    upload_deadline: float = Field(300.0, gt=0)  # for an upload's whole body, however it trickles in (408)
     keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(512, ge=1)  # connections + requests in flight; beyond: 503 (uvicorn)
+    # Connections one remote IP may hold at once; beyond: 503 as it opens. Behind a reverse proxy every
+    # client has the proxy's IP: set it to max_connections there (and cap clients in the proxy).
+    max_client_connections: int = Field(64, ge=1)
     max_concurrent_uploads: int = Field(16, ge=1)  # beyond: 503 too_many_uploads + Retry-After
     staging_bytes: int = Field(4 << 30, ge=1)  # upload bytes staged on local disk at once; beyond: 507
     shutdown_timeout: float = Field(10.0, ge=0)  # on SIGTERM, requests still running are cut after this
@@ -93,6 +97,8 @@ class Settings(BaseSettings):
     # Sidecar files of Hub repos (config.json, tokenizer files, README.md): POST /files, file= on pushes.
     max_file_bytes: int = Field(32 << 20, ge=1)  # one file's size; beyond: 413
     max_files: int = Field(64, ge=0, le=1000)  # files attached to one tag or named base; beyond: 400
+    # Adapters larger than adapter_cache_bytes are kept on local disk under data_dir (LRU), up to this.
+    adapter_disk_bytes: int = Field(4 << 30, ge=0)
 
     @field_validator("redis_url", "api_tokens", "database_url", "blob_url", "s3_endpoint_url", mode="before")
     @classmethod

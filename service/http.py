@@ -25,25 +25,40 @@ _BUFFER = 1 << 20
 
 async def receive_body(request: Request, store: Store, settings: Settings, slot: UploadSlot) -> Staged:
     """Stream the request body into a staged temp file, refusing past ``MCNC_MAX_UPLOAD_BYTES`` (413),
-    past the staging budget ``slot`` draws on (507), or when no byte comes for ``MCNC_READ_TIMEOUT`` (408)."""
+    past the staging budget ``slot`` draws on (507), when no byte comes for ``MCNC_READ_TIMEOUT``, or when
+    the whole body has not come within ``MCNC_UPLOAD_DEADLINE`` (408)."""
     limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit():
         if int(declared) > limit:
             raise PayloadTooLargeError(f"body is {declared} bytes, over the limit of {limit} (MCNC_MAX_UPLOAD_BYTES)")
         slot.reserve_total(int(declared))  # refused before a byte is written
+    loop = asyncio.get_running_loop()
     tmp = await run_in_threadpool(store.stage)
     try:
         buf = bytearray()
         chunks = request.stream()
+        # The read timeout bounds each pause; the deadline bounds the whole body, so a client dripping a
+        # byte just inside each pause cannot hold an upload slot and its staging space for good (N3).
+        deadline = loop.time() + settings.upload_deadline
         while True:
+            left = deadline - loop.time()
             try:
-                chunk = await asyncio.wait_for(anext(chunks), settings.read_timeout)
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(anext(chunks), min(settings.read_timeout, left))
             except StopAsyncIteration:
                 break
             except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+                got = tmp.size + len(buf)
+                if loop.time() >= deadline:
+                    raise RequestTimeoutError(
+                        f"the body was not complete {settings.upload_deadline:g} s after the upload began "
+                        f"({got} bytes received; MCNC_UPLOAD_DEADLINE): send it faster, or ask the operator "
+                        "to raise MCNC_UPLOAD_DEADLINE"
+                    ) from None
                 raise RequestTimeoutError(
-                    f"no body bytes for {settings.read_timeout:g} s after {tmp.size + len(buf)} "
+                    f"no body bytes for {settings.read_timeout:g} s after {got} "
                     "(MCNC_READ_TIMEOUT): the upload was abandoned; send the body without pauses"
                 ) from None
             if tmp.size + len(buf) + len(chunk) > limit:

@@ -44,7 +44,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     catalog = Catalog(settings, store, reconstructor)
     engine = Engine(settings, reconstructor, catalog.open_base, metrics, memory, redis)
     adapters = AdapterStore(
-        catalog, reconstructor, metrics, dtype=settings.adapter_dtype, budget=settings.adapter_cache_bytes
+        catalog,
+        reconstructor,
+        metrics,
+        dtype=settings.adapter_dtype,
+        budget=settings.adapter_cache_bytes,
+        disk_dir=settings.data_dir / "adapters",
+        disk_budget=settings.adapter_disk_bytes,
     )
     catalog.on_delete(engine.forget)
     catalog.on_delete(adapters.forget)
@@ -59,6 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        adapters.close()
         if redis is not None:
             redis.close()
         store.close()

@@ -20,8 +20,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.adapters import AdapterStore
 from service.deps import AdaptersDep, StoreDep, require
 from service.errors import EntryNotFoundError, NotAnAdapterError
+from service.http import ranged_response
 from service.hub.revisions import MAIN, Revision, resolve
-from service.ranges import validate_request
 from service.schemas import HubErrorResponse
 from service.storage import Store
 
@@ -88,7 +88,7 @@ def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: st
         "cardData": {"library_name": "peft", "tags": ["peft", "lora", "mcnc"]},
         "createdAt": _iso(rec.created_at),
         "lastModified": _iso(rev.updated_at),
-        "siblings": [{"rfilename": f.name, "size": len(f.data), "blobId": f.oid} for f in files.values()],
+        "siblings": [{"rfilename": f.name, "size": f.size, "blobId": f.oid} for f in files.values()],
     }
 
 
@@ -96,9 +96,7 @@ def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: st
 def list_tree(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> list[dict[str, Any]]:
     """The repository's files at ``revision`` (flat: no folders; ``recursive`` changes nothing)."""
     rev = resolve_revision(store, repo_id, revision)
-    return [
-        {"type": "file", "path": f.name, "size": len(f.data), "oid": f.oid} for f in adapters.files(rev.digest).values()
-    ]
+    return [{"type": "file", "path": f.name, "size": f.size, "oid": f.oid} for f in adapters.files(rev.digest).values()]
 
 
 # After the two routes above: "{repo_id:path}" would match their paths too.
@@ -126,10 +124,12 @@ def resolve_file(
         "X-Repo-Commit": rev.commit,
         "Cache-Control": "public, max-age=31536000, immutable" if rev.pinned else "no-cache",
     }
-    answer = validate_request(request.headers, len(f.data), f.sha256, headers)
-    if answer is None:
-        return Response(status_code=304, headers=headers)
-    status, start, end = answer
     media = "application/json" if filename.endswith(".json") else "application/octet-stream"
-    body = b"" if request.method == "HEAD" else f.data[start:end]
-    return Response(body, status_code=status, headers=headers, media_type=media)
+    return ranged_response(  # the body is opened before the status line: an eviction cannot cut it
+        request,
+        total=f.size,
+        etag=f.sha256,
+        headers=headers,
+        open_body=lambda start, end: adapters.open(rev.digest, f, start, end),
+        media_type=media,
+    )

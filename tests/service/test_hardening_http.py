@@ -145,6 +145,36 @@ def test_stalled_upload_body_gets_408_and_leaves_no_temp_file(tmp_path):
         assert not list((tmp_path / "tmp").glob("upload-*"))
 
 
+def test_an_upload_dripping_inside_the_read_timeout_is_cut_at_its_deadline(tmp_path):
+    """N3: a byte every few seconds (each pause inside MCNC_READ_TIMEOUT) used to hold its slot for good."""
+    with LiveServer(Settings(data_dir=tmp_path, read_timeout=30, upload_deadline=1.0)) as srv:
+        start = time.monotonic()
+        with _stall_upload(srv) as sock:
+            sock.settimeout(0.25)
+            answer = b""
+            while time.monotonic() - start < 6:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                answer += chunk
+                if b"}}" in answer:  # the whole error body (the server may still drain the connection)
+                    break
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert 0.9 < time.monotonic() - start < 6
+        body = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert body["error"]["code"] == "request_timeout" and "MCNC_UPLOAD_DEADLINE" in body["error"]["message"]
+        _wait(lambda: srv.app.state.uploads.uploads == 0)  # its slot and staging space are free again
+        assert srv.app.state.uploads.staged == 0
+        assert not list((tmp_path / "tmp").glob("upload-*"))
+
+
 @pytest.mark.parametrize("sent", [b"", b"GET /health/live HTTP/1.1\r\nHost: 127"], ids=["silent", "partial-head"])
 def test_connections_without_a_complete_request_head_are_closed(tmp_path, sent):
     with LiveServer(Settings(data_dir=tmp_path, read_timeout=0.5)) as srv:
@@ -171,6 +201,26 @@ def test_connection_budget_answers_503(tmp_path):
             for sock in idle:
                 sock.close()
         _wait(lambda: httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 200)
+
+
+def test_one_client_cannot_take_the_connection_budget_from_the_others(tmp_path):
+    """N8: one client's sockets used to take all of MCNC_MAX_CONNECTIONS (others' /health/live 503)."""
+    with LiveServer(Settings(data_dir=tmp_path, max_connections=6, max_client_connections=3)) as srv:
+        held = [_open(srv) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # accepted
+            with _open(srv) as fourth:
+                answer = _read_all(fourth)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+            body = json.loads(answer.partition(b"\r\n\r\n")[2])
+            assert "MCNC_MAX_CLIENT_CONNECTIONS" in body["error"]["message"]
+            other = httpx.HTTPTransport(local_address="127.0.0.2")  # another client, on loopback too
+            with httpx.Client(transport=other, timeout=5) as c:
+                assert c.get(f"{srv.url}/health/live").status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+        _wait(lambda: httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 200)  # its own cap freed
 
 
 def test_concurrent_upload_budget_answers_503_with_retry_after(tmp_path, tiny):

@@ -186,3 +186,32 @@ def test_revisions_resolve_by_point_queries_whatever_the_number_of_tags(live, ca
     r = httpx.get(f"{live.url}/api/models/many/revision/nope", timeout=30)
     assert r.status_code == 404 and r.text.count(", t0") <= 10
     assert seen and None not in seen and max(seen) <= 10  # type: ignore[type-var]
+
+
+def test_an_adapter_over_the_memory_cache_is_kept_on_disk_and_exported_once(tmp_path, case):
+    """N7: an adapter larger than MCNC_ADAPTER_CACHE_BYTES was re-exported on every Hub request."""
+    settings = Settings(data_dir=tmp_path / "server", adapter_dtype="float32", adapter_cache_bytes=16)
+    with LiveServer(settings) as live, httpx.Client(timeout=30) as c:
+        digest = push(live, case.bundle.to_bytes(), "acme/big-lora", "v1")
+        url = f"{live.url}/acme/big-lora/resolve/v1/adapter_model.safetensors"
+        bodies = []
+        for _ in range(3):
+            c.get(f"{live.url}/api/models/acme/big-lora/revision/v1").raise_for_status()
+            c.get(f"{live.url}/api/models/acme/big-lora/tree/{digest}").raise_for_status()
+            assert c.head(url).status_code == 200
+            bodies.append(c.get(url).content)
+        part = c.get(url, headers={"Range": "bytes=5-20"})
+        exports = live.app.state.metrics.registry.get_sample_value("mcnc_reconstructions_total", {"kind": "adapter"})
+        adapters = live.app.state.adapters
+        assert exports == 1  # twelve requests, one export
+        assert adapters.nbytes == 0 and adapters.disk_nbytes > 16  # kept on disk, not in memory
+        assert bodies[0] == bodies[1] == bodies[2] and part.status_code == 206 and part.content == bodies[0][5:21]
+        assert c.get(url).headers["etag"] == f'"{hashlib.sha256(bodies[0]).hexdigest()}"'
+        adapters.forget(digest)  # what a delete of the bundle calls
+        assert adapters.disk_nbytes == 0 and not [
+            p for p in (tmp_path / "server" / "adapters").rglob("*") if p.is_file()
+        ]
+        assert c.get(url).content == bodies[0]  # exported again, on demand
+        f = adapters.files(digest)["adapter_model.safetensors"]
+        adapters.forget(digest)  # evicted between a request's files() and its body: exported again
+        assert b"".join(adapters.open(digest, f, 0, f.size)) == bodies[0]
