@@ -110,17 +110,14 @@ def models_page(
 def find_card(store: Store, name: str, tag: str) -> tuple[str | None, list[Any]]:
     """``(README.md text or None, the tag's sidecar files)``: the one place pages look cards up.
 
-    Sidecar files come from the hub storage API (``store.meta.tag_files``, ``store.open_file``,
-    docs/service.md); a server whose storage has no sidecar files has no cards.
+    Sidecar files are the tag's attached files (``POST /files`` + ``file=README.md:<sha256>`` on the
+    push, docs/service.md); a card over ``MAX_CARD_BYTES`` is listed as a file but not rendered.
     """
-    tag_files = getattr(store.meta, "tag_files", None)
-    if tag_files is None:
-        return None, []
-    files = list(tag_files(name, tag))
+    files: list[Any] = list(store.meta.tag_files(name, tag))
     card = next((f for f in files if f.name == CARD_FILENAME), None)
     if card is None or card.size > MAX_CARD_BYTES:
         return None, files
-    reader = store.open_file(card.sha256)  # type: ignore[attr-defined]
+    reader = store.open_file(card.sha256)
     try:
         text = b"".join(reader).decode("utf-8", errors="replace")
     finally:
@@ -153,8 +150,7 @@ def model_page(request: Request, name: str, tag: Annotated[str | None, Query(max
     text, sidecars = find_card(store, name, shown)
     card = None
     if text is not None:
-        names = {f.name for f in sidecars}
-        card = render_card(text, file_url=lambda n: f"/models/{quote(ref)}/files/{quote(n)}" if n in names else None)
+        card = render_card(text, file_url=lambda n: None)  # no route serves sidecar bytes yet (issue 18)
     delta = rec.mode == "delta"
     adapter = delta and bool(summary and summary.rank)
     files: list[dict[str, Any]] = [
@@ -170,7 +166,7 @@ def model_page(request: Request, name: str, tag: Annotated[str | None, Query(max
             files.append({"name": f, "size": None, "href": f"/{quote(name)}/resolve/{quote(shown)}/{f}",
                           "what": "PEFT adapter (exported on first request)"})  # fmt: skip
     for f in sidecars:
-        files.append({"name": f.name, "size": f.size, "href": f"/models/{quote(ref)}/files/{quote(f.name)}",
+        files.append({"name": f.name, "size": f.size, "href": None,
                       "what": "sidecar file"})  # fmt: skip
     tag_rows, tag_total = queries.name_tags(store.meta, name, limit=_TAGS_SHOWN)
     snippets = model_snippets(

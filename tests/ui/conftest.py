@@ -37,10 +37,22 @@ def _bundle(model: torch.nn.Module, **meta: str) -> bytes:
     return m.export_bundle(model, metadata=meta).to_bytes()
 
 
-def _push(url: str, data: bytes, name: str, tag: str, **headers: str) -> None:
-    r = httpx.post(f"{url}/bundles", params={"name": name, "tag": tag}, content=data, timeout=60,
+CARD = "# The acme MLP\n\nTrained on *mnist1d*.\n\n" + HOSTILE + "\n"  # README.md of acme/mlp:v2
+
+
+def _push(url: str, data: bytes, name: str, tag: str, files: tuple[str, ...] = (), **headers: str) -> None:
+    params = [("name", name), ("tag", tag)] + [("file", f) for f in files]
+    r = httpx.post(f"{url}/bundles", params=params, content=data, timeout=60,
                    headers={"Content-Type": "application/octet-stream", **headers})  # fmt: skip
     assert r.status_code in (200, 201), r.text
+
+
+def _sidecar(url: str, name: str, data: bytes, **headers: str) -> str:
+    """Upload one sidecar file (``POST /files``); the ``file=`` value that attaches it to a push."""
+    r = httpx.post(f"{url}/files", content=data, timeout=60,
+                   headers={"Content-Type": "application/octet-stream", **headers})  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+    return f"{name}:{r.json()['sha256']}"
 
 
 def fill(url: str, **headers: str) -> Registry:
@@ -52,7 +64,8 @@ def fill(url: str, **headers: str) -> Registry:
     train_steps(full)
     full_bytes = _bundle(full, **{"x-note": HOSTILE, "x-dataset": "mnist1d"})
     _push(url, full_bytes, "acme/mlp", "v1", **headers)
-    _push(url, full_bytes, "acme/mlp", "v2", **headers)
+    card = _sidecar(url, "README.md", CARD.encode(), **headers)
+    _push(url, full_bytes, "acme/mlp", "v2", (card,), **headers)
     ft = make_mlp(seed=1, sizes=(16, 96, 64, 4))
     base = {k: v.clone() for k, v in ft.state_dict().items()}
     m.compress(ft, m.MCNCConfig(mode="delta", base_name="mlp-base", **cfg))

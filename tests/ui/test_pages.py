@@ -71,7 +71,7 @@ def test_model_page_shows_config_tags_files_and_hostile_metadata_as_text(watched
     page = watched.page
     response = page.goto(registry.url + "/ui/models/acme/mlp")
     assert response.headers["content-security-policy"] == CSP
-    assert page.locator("h1").inner_text() == "acme/mlp:v2"  # the most recent tag (no tag named main)
+    assert page.locator("h1").first.inner_text() == "acme/mlp:v2"  # the most recent tag (no tag named main)
     assert page.locator("#metadata").inner_text().count(HOSTILE) == 1  # shown as text
     assert page.locator("#metadata img, #metadata script").count() == 0
     config = page.locator("#config").inner_text()
@@ -80,7 +80,12 @@ def test_model_page_shows_config_tags_files_and_hostile_metadata_as_text(watched
     for link in page.locator("#files a").all():
         href = link.get_attribute("href")
         assert httpx.head(registry.url + href, timeout=60).status_code == 200, href
+    card = page.locator("#card")
+    assert card.locator("h1").inner_text() == "The acme MLP" and card.locator("em").inner_text() == "mnist1d"
+    assert card.locator("script, img[onerror], [onerror]").count() == 0  # sanitized: nothing of it runs
+    page.goto(registry.url + "/ui/models/acme/mlp?tag=v1")
     assert "No model card" in page.locator("#card").inner_text()
+    page.goto(registry.url + "/ui/models/acme/mlp")
     screenshot(page, "model-full")
     page.goto(registry.url + "/ui/models/acme/llama-lora?tag=v1")
     assert "rank\t8" in page.locator("#config").inner_text()
