@@ -168,3 +168,23 @@ def test_add_base_with_a_name_is_one_transaction(meta):
     named = meta.base_name("acme/base")
     assert named.digest == base.digest and named.commit == commit_id(base.digest, [("config.json", sha)])
     assert [(f.name, f.size) for f in meta.base_files("acme/base")] == [("config.json", len(CONFIG))]
+
+
+def test_sidecar_bytes_by_sha256_get_and_head(live, delta):
+    """``GET|HEAD /files/{sha256}``: what a client asks before uploading (404 then), and the bytes."""
+    _srv, http = live
+    sha = hashlib.sha256(CONFIG).hexdigest()
+    missing = http.head(f"/files/{sha}")
+    assert missing.status_code == 404
+    r = http.get(f"/files/{sha}")
+    assert r.status_code == 404 and error_code(r) == "file_not_found" and "POST /files" in r.json()["error"]["message"]
+    _upload(http, CONFIG)
+    for ref in (sha, f"sha256:{sha}"):
+        r = http.get(f"/files/{ref}")
+        assert r.status_code == 200 and r.content == CONFIG and r.headers["etag"] == f'"{sha}"'
+    h = http.head(f"/files/{sha}")
+    assert h.status_code == 200 and int(h.headers["content-length"]) == len(CONFIG) and h.content == b""
+    assert http.get(f"/files/{sha}", headers={"If-None-Match": f'"{sha}"'}).status_code == 304
+    part = http.get(f"/files/{sha}", headers={"Range": "bytes=2-5"})
+    assert part.status_code == 206 and part.content == CONFIG[2:6]
+    assert http.get("/files/not-a-sha").status_code == 404
