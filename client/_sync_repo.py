@@ -76,7 +76,7 @@ class RepoMixin(BaseClient):
         if sidecars and name is None:
             raise InvalidArgumentError("push(files=...) needs a name=: sidecar files are attached to a name:tag")
         if isinstance(path_or_bundle, (str, os.PathLike)):
-            check_bundle_file(path_or_bundle)  # a PEFT adapter or a base given here: the hint, no request
+            check_bundle_file(path_or_bundle, name)  # a PEFT adapter or a base given here: the hint, no request
         data = blocking(bundle_bytes, path_or_bundle)
         if sidecars:
             params["file"] = self._upload_sidecars(sidecars)
@@ -107,7 +107,7 @@ class RepoMixin(BaseClient):
         if sidecars and name is None:
             raise InvalidArgumentError("push_base(files=...) needs a name=: sidecar files belong to a repo name")
         if isinstance(path_or_state_dict, (str, os.PathLike)):
-            check_base_file(path_or_state_dict)  # a bundle given here: the hint, no request
+            check_base_file(path_or_state_dict, name)  # a bundle given here: the hint, no request
         data = blocking(base_bytes, path_or_state_dict)
         if sidecars:
             params["file"] = self._upload_sidecars(sidecars)

@@ -3,7 +3,8 @@ request: sidecar files read and checked locally, the rule for a directory (which
 or base, which files are sidecars), and the hints for inputs that are not what a command takes (a
 PEFT adapter, a plain safetensors file given to ``push``, a bundle given to ``push-base``).
 
-No network and no torch here: every function reads local files only.
+No network and no torch here: every function reads local files only. ``name`` (where taken) is the
+repo name the user gave, written into the command a hint suggests.
 
 Sidecar rule for a directory (``mcnc push DIR``, ``mcnc push-base DIR``): a file is sent when its
 name is one of ``SIDECAR_NAMES`` or matches one of ``SIDECAR_PATTERNS`` (the config, generation
@@ -59,10 +60,10 @@ _SERVER_FILES = frozenset({"model.safetensors", "adapter_model.safetensors", "ad
 _MAX_HEADER = 100 << 20  # safetensors' own bound on a header
 
 
-def _convert(adapter_dir: Path) -> str:
+def _convert(adapter_dir: Path, name: str | None) -> str:
     return (
         f"convert it: mcnc convert {adapter_dir} --base BASE --data INPUTS --budget 10k -o out.mcnc, "
-        "then mcnc push out.mcnc --name NAME"
+        f"then mcnc push out.mcnc --name {name or 'NAME'}"
     )
 
 
@@ -150,7 +151,7 @@ def _tensor_names(header: dict[str, Any]) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
-def _not_a_bundle(path: Path, header: dict[str, Any]) -> InvalidArgumentError | None:
+def _not_a_bundle(path: Path, header: dict[str, Any], name: str | None) -> InvalidArgumentError | None:
     """The hint for a safetensors file of tensors without MCNC bundle metadata, or None (anything
     else goes to the server's strict reader, which names what is wrong)."""
     names = _tensor_names(header)
@@ -158,15 +159,15 @@ def _not_a_bundle(path: Path, header: dict[str, Any]) -> InvalidArgumentError | 
         return None
     if any("lora_A" in n or "lora_B" in n for n in names):
         return InvalidArgumentError(
-            f"{path} holds a PEFT LoRA adapter's weights, not an MCNC bundle; {_convert(path.parent)}"
+            f"{path} holds a PEFT LoRA adapter's weights, not an MCNC bundle; {_convert(path.parent, name)}"
         )
     return InvalidArgumentError(
         f"{path} is a plain safetensors file ({len(names)} tensors, no MCNC bundle metadata), not a bundle; "
-        f"if it is a base model, did you mean `mcnc push-base {path} --name ORG/NAME`?"
+        f"if it is a base model, did you mean `mcnc push-base {path} --name {name or 'ORG/NAME'}`?"
     )
 
 
-def check_bundle_file(path: str | os.PathLike[str]) -> Path:
+def check_bundle_file(path: str | os.PathLike[str], name: str | None = None) -> Path:
     """A file ``push`` may send. Refused here, with what to run instead: a PEFT adapter directory or
     its weights (convert it), a safetensors file of tensors without MCNC bundle metadata (did you mean
     push-base). Anything else is the server's strict reader's to judge (422 ``invalid_bundle``).
@@ -178,19 +179,19 @@ def check_bundle_file(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         if (p / "adapter_config.json").is_file():
             raise InvalidArgumentError(
-                f"{p} is a PEFT adapter directory (adapter_config.json), not a bundle; {_convert(p)}"
+                f"{p} is a PEFT adapter directory (adapter_config.json), not a bundle; {_convert(p, name)}"
             )
         raise InvalidArgumentError(f"{p} is a directory: pass the .mcnc bundle in it (or run `mcnc push {p}`)")
     if not p.is_file():
         raise InvalidArgumentError(f"no bundle file {str(p)!r}")
     header = _header(p)
-    hint = _not_a_bundle(p, header) if header is not None else None
+    hint = _not_a_bundle(p, header, name) if header is not None else None
     if hint is not None:
         raise hint
     return p
 
 
-def check_base_file(path: str | os.PathLike[str]) -> Path:
+def check_base_file(path: str | os.PathLike[str], name: str | None = None) -> Path:
     """A file ``push_base`` can send: a safetensors file of tensors that is not an MCNC bundle.
 
     Raises:
@@ -203,7 +204,9 @@ def check_base_file(path: str | os.PathLike[str]) -> Path:
     if header is None:
         raise InvalidArgumentError(f"{p} is not a safetensors file: a base is the model's tensors as safetensors")
     if _is_bundle(header):
-        raise InvalidArgumentError(f"{p} is an MCNC bundle, not a base; did you mean `mcnc push {p} --name NAME`?")
+        raise InvalidArgumentError(
+            f"{p} is an MCNC bundle, not a base; did you mean `mcnc push {p} --name {name or 'NAME'}`?"
+        )
     return p
 
 
@@ -213,7 +216,7 @@ def _split(directory: Path, main: list[Path]) -> DirContents:
     return DirContents(main[0], sidecars, [p.name for p in rest if not is_sidecar(p.name)])
 
 
-def scan_bundle_dir(directory: str | os.PathLike[str]) -> DirContents:
+def scan_bundle_dir(directory: str | os.PathLike[str], name: str | None = None) -> DirContents:
     """``mcnc push DIR``: DIR holds exactly one ``*.mcnc`` bundle; the sidecars go with it.
 
     Raises:
@@ -228,19 +231,19 @@ def scan_bundle_dir(directory: str | os.PathLike[str]) -> DirContents:
     if not bundles:
         if (d / "adapter_config.json").is_file():
             raise InvalidArgumentError(
-                f"{d} is a PEFT adapter directory (adapter_config.json), not a bundle; {_convert(d)}"
+                f"{d} is a PEFT adapter directory (adapter_config.json), not a bundle; {_convert(d, name)}"
             )
         if any(p.is_file() for p in d.glob("*.safetensors")):
             raise InvalidArgumentError(
                 f"{d} holds no .mcnc bundle but a safetensors file; if it is a base model, did you mean "
-                f"`mcnc push-base {d} --name ORG/NAME`?"
+                f"`mcnc push-base {d} --name {name or 'ORG/NAME'}`?"
             )
         raise InvalidArgumentError(f"{d} holds no .mcnc bundle: push DIR takes a directory with exactly one")
-    check_bundle_file(bundles[0])
+    check_bundle_file(bundles[0], name)
     return _split(d, bundles)
 
 
-def scan_base_dir(directory: str | os.PathLike[str]) -> DirContents:
+def scan_base_dir(directory: str | os.PathLike[str], name: str | None = None) -> DirContents:
     """``mcnc push-base DIR``: DIR holds exactly one ``*.safetensors`` base; the sidecars go with it.
 
     Raises:
@@ -254,5 +257,5 @@ def scan_base_dir(directory: str | os.PathLike[str]) -> DirContents:
             f"{d} must hold exactly one .safetensors base file (found: {found}); a sharded checkpoint must be "
             "saved as one file first (safetensors.torch.save_file(model.state_dict(), 'base.safetensors'))"
         )
-    check_base_file(files[0])
+    check_base_file(files[0], name)
     return _split(d, files)

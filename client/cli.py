@@ -40,7 +40,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(to_json(data) if args.json else text)
 
 
-def _upload_plan(path: Path, files: list[str] | None, *, base: bool) -> tuple[Path, list[Path], list[str]]:
+def _upload_plan(
+    path: Path, files: list[str] | None, name: str | None, *, base: bool
+) -> tuple[Path, list[Path], list[str]]:
     """What ``push``/``push-base`` sends, checked locally before any request: the file (a DIR's one
     bundle or base), the sidecars (DIR's by the rule of ``client/_uploads.py``, then each ``--file``)
     and what DIR held that is left out."""
@@ -48,9 +50,9 @@ def _upload_plan(path: Path, files: list[str] | None, *, base: bool) -> tuple[Pa
 
     explicit = [Path(f) for f in files or []]
     if path.is_dir():
-        found = scan_base_dir(path) if base else scan_bundle_dir(path)
+        found = scan_base_dir(path, name) if base else scan_bundle_dir(path, name)
         return found.main, [*found.sidecars, *explicit], found.left_out
-    return (check_base_file(path) if base else check_bundle_file(path)), explicit, []
+    return (check_base_file(path, name) if base else check_bundle_file(path, name)), explicit, []
 
 
 def _files_text(sidecars: list[Path], left_out: list[str]) -> str:
@@ -59,7 +61,7 @@ def _files_text(sidecars: list[Path], left_out: list[str]) -> str:
 
 
 def _push(args: argparse.Namespace) -> int:
-    bundle, sidecars, left_out = _upload_plan(Path(args.bundle), args.file, base=False)
+    bundle, sidecars, left_out = _upload_plan(Path(args.bundle), args.file, args.name, base=False)
     with _client(args) as c:
         info = c.push(bundle, name=args.name, tag=args.tag, files=sidecars)
     verb = "stored" if info.created else "already stored"
@@ -75,7 +77,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _push_base(args: argparse.Namespace) -> int:
-    base, sidecars, left_out = _upload_plan(Path(args.base), args.file, base=True)
+    base, sidecars, left_out = _upload_plan(Path(args.base), args.file, args.name, base=True)
     with _client(args) as c:
         info = c.push_base(base, name=args.name, files=sidecars)
     named = f" as {info.name} (commit {info.commit})" if info.name else ""
