@@ -346,8 +346,9 @@ def register(sub: Any) -> None:
         description="Upload a .mcnc bundle and tag it name:tag. --file attaches a sidecar file (config.json, "
         "tokenizer files, README.md) to the tag, so Hub clients find a whole repo. A directory holding exactly "
         "one .mcnc bundle is pushed with its sidecars: config.json, generation_config.json, "
-        "special_tokens_map.json, added_tokens.json, preprocessor_config.json, chat_template.*, README.md, "
-        "vocab.*, merges.txt, tokenizer*, *.model, *.tiktoken; other files are left out (and listed). "
+        "special_tokens_map.json, added_tokens.json, preprocessor_config.json, chat_template.jinja, "
+        "chat_template.json, README.md, vocab.json, vocab.txt, merges.txt, tokenizer*, *.model, *.tiktoken "
+        "(client/_uploads.py); other files are left out (and listed). "
         "A PEFT adapter or a plain safetensors file is refused with what to run instead (exit 2).",
     )
     p.add_argument("bundle", help="a .mcnc bundle file, or a directory holding one plus sidecar files")

@@ -209,3 +209,13 @@ def test_client_push_files_api(live, tmp_path, bundles):
 
     asyncio.run(push_async())
     assert _tag_files(live, "acme/y", "v1") == {"tokenizer.json": TOKENIZER}
+
+
+def test_the_help_states_the_directory_rule_as_the_code_has_it(capsys):
+    from client._uploads import SIDECAR_NAMES, SIDECAR_PATTERNS
+
+    with pytest.raises(SystemExit):
+        run(capsys, "push", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for name in (*SIDECAR_NAMES, *SIDECAR_PATTERNS):
+        assert name in text, name
