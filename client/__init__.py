@@ -39,7 +39,7 @@ from client._exceptions import (
     StateDictMismatchError,
     UnsupportedMediaTypeError,
 )
-from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
+from client._models import BaseInfo, FileInfo, ModelInfo, TagInfo, TransferReport
 from client._sync import Client
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "ConflictError",
     "ConnectionFailedError",
     "DeadlineExceededError",
+    "FileInfo",
     "InsufficientMemoryError",
     "IntegrityError",
     "InvalidArgumentError",

@@ -1,7 +1,8 @@
 """``AsyncClient``: the asynchronous MCNC client, and the one implementation of the request flow.
 
 ``client/_sync.py`` (``Client``) is generated from this file by ``scripts/unasync.py`` (``make
-unasync``; a test fails when it is stale), as httpcore does: the two differ only in I/O. Blocking
+unasync``; a test fails when it is stale; ``_sync_repo.py`` likewise from ``_async_repo.py``), as
+httpcore does: the two differ only in I/O. Blocking
 work (file locks, hashing, file reads, reconstruction) goes through ``client._io``'s ``a*`` helpers,
 which run it in a worker thread here and inline in ``Client``.
 """
@@ -15,12 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from client._async_repo import AsyncRepoMixin
 from client._base import (
-    BaseClient,
     Ref,
-    base_bytes,
     buffered,
-    bundle_bytes,
     declared_int,
     expect_bundle,
     expect_safetensors,
@@ -41,7 +40,7 @@ from client._exceptions import (
     ServerError,
 )
 from client._io import ablocking, alock, asleep
-from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
+from client._models import TransferReport
 from client._progress import progress_bar
 from client._transfer import Partial, bundle_metadata, finish_download
 
@@ -55,7 +54,7 @@ __all__ = ["AsyncClient"]
 _PAGE = 1000  # the server's largest page of GET /models
 
 
-class AsyncClient(BaseClient):
+class AsyncClient(AsyncRepoMixin):
     """Talks to an MCNC server; reconstructs locally from tiny bundles.
 
     Args:
@@ -70,7 +69,9 @@ class AsyncClient(BaseClient):
         limits: what the client accepts from the server (default ``ClientLimits.from_env()``:
             the ``MCNC_MAX_*`` and ``MCNC_*_DEADLINE`` variables; docs/client.md "Limits").
 
-    Every ``load`` / ``download_weights`` records a ``TransferReport`` in ``last_report``.
+    Every ``load`` / ``download_weights`` records a ``TransferReport`` in ``last_report``. Uploads
+    and records (``push``, ``push_base``, ``info``, ``list``, ``delete``) come from ``AsyncRepoMixin``
+    (``client/_async_repo.py``).
     """
 
     def __init__(
@@ -267,22 +268,6 @@ class AsyncClient(BaseClient):
         digest = self._digest_of(data, ref)
         return digest, {k: declared_int(data, k) for k in ("size", "num_params")}
 
-    async def _tags_of(self, ref: Ref) -> list[TagInfo]:
-        """The server's tags of ``ref``'s name, for a hint (the first 10 pages of 1000 tags);
-        nothing when they cannot be listed."""
-        found: list[TagInfo] = []
-        if ref.name is None:
-            return found
-        try:
-            for offset in range(0, 10 * _PAGE, _PAGE):
-                page = await self.list(limit=_PAGE, offset=offset)
-                found += [t for t in page if t.name == ref.name]
-                if len(page) < _PAGE:
-                    break
-        except MCNCClientError:
-            pass  # only a hint: the 404 stands without it
-        return found
-
     async def _blob(self, kind: str, digest: str, report: TransferReport, expect: Expect, *, digest_of: str) -> Path:
         """The cached blob ``digest``, downloaded first if needed: streamed into its ``.incomplete``
         file under ``expect``'s bounds, hashed as it arrives, and moved into ``blobs/`` only once
@@ -315,28 +300,6 @@ class AsyncClient(BaseClient):
         return path
 
     # -- public API -----------------------------------------------------------------------------
-
-    async def push(self, path_or_bundle: Any, *, name: str | None = None, tag: str | None = None) -> ModelInfo:
-        """Upload a bundle (a path, bytes or an ``mcnc_core.Bundle``); returns what the server stored.
-
-        The bytes also go into the local cache, so loading them back downloads nothing.
-        Raises ``InvalidBundleError`` (422) if the server's strict reader refuses it.
-        """
-        params = self._push_params(name, tag)
-        data = await ablocking(bundle_bytes, path_or_bundle)
-        resp = await self._send("POST", "/bundles", params=params, content=data,
-                                headers={"Content-Type": "application/octet-stream"})  # fmt: skip
-        info = ModelInfo.from_json(resp.json(), created=resp.status_code == 201)
-        digest = await ablocking(self.cache.put_bytes, data)
-        if name:
-            self.cache.write_ref(name, tag or "latest", digest)
-        return info
-
-    async def push_base(self, path_or_state_dict: Any) -> BaseInfo:
-        """Register a base model (a safetensors path or a state dict) for delta bundles."""
-        data = await ablocking(base_bytes, path_or_state_dict)
-        resp = await self._send("POST", "/bases", content=data, headers={"Content-Type": "application/octet-stream"})
-        return BaseInfo.from_json(resp.json())
 
     async def load(
         self,
@@ -511,19 +474,6 @@ class AsyncClient(BaseClient):
         self.last_report = report
         return report
 
-    async def info(self, ref: str) -> ModelInfo:
-        """Metadata of a stored model: sizes, parameters, ratio, mode, base, tags, loaded tiers.
-
-        Raises:
-            NotFoundError (listing the tags the name has), other APIError subclasses, RefError.
-        """
-        parsed = parse_ref(ref)
-        try:
-            resp = await self._send("GET", self._model_path(parsed))
-        except NotFoundError as exc:
-            raise self._with_404_hint(exc, parsed, await self._tags_of(parsed)) from exc
-        return ModelInfo.from_json(resp.json())
-
     async def bundle_metadata(self, ref: str) -> dict[str, str]:
         """The bundle's ``__metadata__`` (format version, config, ``x-`` keys ...), string to string.
 
@@ -532,21 +482,3 @@ class AsyncClient(BaseClient):
         """
         report = TransferReport(ref)
         return await ablocking(bundle_metadata, await self._bundle(parse_ref(ref), report))
-
-    async def list(self, *, limit: int = 100, offset: int = 0) -> list[TagInfo]:
-        """Names and tags on the server (one page of at most ``limit``, at most 1000)."""
-        data = (await self._send("GET", "/models", params={"limit": limit, "offset": offset})).json()
-        return [TagInfo.from_json(t) for t in data["items"]]
-
-    async def delete(self, ref: str, *, force: bool = False) -> None:
-        """Remove a model from the server (admin scope).
-
-        A name or ``name:tag`` removes that tag (the bundle stays, other names keep it); a digest
-        removes the bundle itself, which the server refuses (409) while names point at it unless
-        ``force``.
-        """
-        parsed = parse_ref(ref)
-        if parsed.digest is not None:
-            await self._send("DELETE", f"/bundles/{parsed.digest}", params={"force": "true"} if force else None)
-        else:
-            await self._send("DELETE", self._model_path(parsed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["BaseInfo", "ModelInfo", "TagInfo", "TransferReport"]
+__all__ = ["BaseInfo", "FileInfo", "ModelInfo", "TagInfo", "TransferReport"]
 
 
 def _pick(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +51,25 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class FileInfo:
+    """A sidecar file attached to a repo (``config.json``, tokenizer files, ``README.md``)."""
+
+    name: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileInfo:
+        return cls(**_pick(cls, data))
+
+
+@dataclass(frozen=True)
 class BaseInfo:
-    """A registered base model, addressed by the state digest delta bundles reference."""
+    """A registered base model, addressed by the state digest delta bundles reference.
+
+    ``name``, ``commit`` and ``files``: the repo name ``push_base(name=...)`` registered it under, that
+    repo's Hub commit id and its sidecar files (None, None, [] without a name).
+    """
 
     digest: str
     file_sha256: str
@@ -60,10 +77,17 @@ class BaseInfo:
     num_tensors: int
     num_params: int
     created_at: float = 0.0
+    name: str | None = None
+    commit: str | None = None
+    files: list[FileInfo] = field(default_factory=list)
+    created: bool | None = None  # push_base(): True when the server stored new tensors (201)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BaseInfo:
-        return cls(**_pick(cls, data))
+    def from_json(cls, data: dict[str, Any], *, created: bool | None = None) -> BaseInfo:
+        kw = _pick(cls, data)
+        kw["files"] = [FileInfo.from_json(f) for f in data.get("files") or []]
+        kw.setdefault("created", created)
+        return cls(**kw)
 
 
 @dataclass

@@ -14,11 +14,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from client._base import (
-    BaseClient,
     Ref,
-    base_bytes,
     buffered,
-    bundle_bytes,
     declared_int,
     expect_bundle,
     expect_safetensors,
@@ -39,8 +36,9 @@ from client._exceptions import (
     ServerError,
 )
 from client._io import blocking, lock, sleep
-from client._models import BaseInfo, ModelInfo, TagInfo, TransferReport
+from client._models import TransferReport
 from client._progress import progress_bar
+from client._sync_repo import RepoMixin
 from client._transfer import Partial, bundle_metadata, finish_download
 
 if TYPE_CHECKING:
@@ -53,7 +51,7 @@ __all__ = ["Client"]
 _PAGE = 1000  # the server's largest page of GET /models
 
 
-class Client(BaseClient):
+class Client(RepoMixin):
     """Talks to an MCNC server; reconstructs locally from tiny bundles.
 
     Args:
@@ -68,7 +66,9 @@ class Client(BaseClient):
         limits: what the client accepts from the server (default ``ClientLimits.from_env()``:
             the ``MCNC_MAX_*`` and ``MCNC_*_DEADLINE`` variables; docs/client.md "Limits").
 
-    Every ``load`` / ``download_weights`` records a ``TransferReport`` in ``last_report``.
+    Every ``load`` / ``download_weights`` records a ``TransferReport`` in ``last_report``. Uploads
+    and records (``push``, ``push_base``, ``info``, ``list``, ``delete``) come from ``RepoMixin``
+    (``client/_async_repo.py``).
     """
 
     def __init__(
@@ -263,22 +263,6 @@ class Client(BaseClient):
         digest = self._digest_of(data, ref)
         return digest, {k: declared_int(data, k) for k in ("size", "num_params")}
 
-    def _tags_of(self, ref: Ref) -> list[TagInfo]:
-        """The server's tags of ``ref``'s name, for a hint (the first 10 pages of 1000 tags);
-        nothing when they cannot be listed."""
-        found: list[TagInfo] = []
-        if ref.name is None:
-            return found
-        try:
-            for offset in range(0, 10 * _PAGE, _PAGE):
-                page = self.list(limit=_PAGE, offset=offset)
-                found += [t for t in page if t.name == ref.name]
-                if len(page) < _PAGE:
-                    break
-        except MCNCClientError:
-            pass  # only a hint: the 404 stands without it
-        return found
-
     def _blob(self, kind: str, digest: str, report: TransferReport, expect: Expect, *, digest_of: str) -> Path:
         """The cached blob ``digest``, downloaded first if needed: streamed into its ``.incomplete``
         file under ``expect``'s bounds, hashed as it arrives, and moved into ``blobs/`` only once
@@ -311,28 +295,6 @@ class Client(BaseClient):
         return path
 
     # -- public API -----------------------------------------------------------------------------
-
-    def push(self, path_or_bundle: Any, *, name: str | None = None, tag: str | None = None) -> ModelInfo:
-        """Upload a bundle (a path, bytes or an ``mcnc_core.Bundle``); returns what the server stored.
-
-        The bytes also go into the local cache, so loading them back downloads nothing.
-        Raises ``InvalidBundleError`` (422) if the server's strict reader refuses it.
-        """
-        params = self._push_params(name, tag)
-        data = blocking(bundle_bytes, path_or_bundle)
-        resp = self._send("POST", "/bundles", params=params, content=data,
-                                headers={"Content-Type": "application/octet-stream"})  # fmt: skip
-        info = ModelInfo.from_json(resp.json(), created=resp.status_code == 201)
-        digest = blocking(self.cache.put_bytes, data)
-        if name:
-            self.cache.write_ref(name, tag or "latest", digest)
-        return info
-
-    def push_base(self, path_or_state_dict: Any) -> BaseInfo:
-        """Register a base model (a safetensors path or a state dict) for delta bundles."""
-        data = blocking(base_bytes, path_or_state_dict)
-        resp = self._send("POST", "/bases", content=data, headers={"Content-Type": "application/octet-stream"})
-        return BaseInfo.from_json(resp.json())
 
     def load(
         self,
@@ -507,19 +469,6 @@ class Client(BaseClient):
         self.last_report = report
         return report
 
-    def info(self, ref: str) -> ModelInfo:
-        """Metadata of a stored model: sizes, parameters, ratio, mode, base, tags, loaded tiers.
-
-        Raises:
-            NotFoundError (listing the tags the name has), other APIError subclasses, RefError.
-        """
-        parsed = parse_ref(ref)
-        try:
-            resp = self._send("GET", self._model_path(parsed))
-        except NotFoundError as exc:
-            raise self._with_404_hint(exc, parsed, self._tags_of(parsed)) from exc
-        return ModelInfo.from_json(resp.json())
-
     def bundle_metadata(self, ref: str) -> dict[str, str]:
         """The bundle's ``__metadata__`` (format version, config, ``x-`` keys ...), string to string.
 
@@ -528,21 +477,3 @@ class Client(BaseClient):
         """
         report = TransferReport(ref)
         return blocking(bundle_metadata, self._bundle(parse_ref(ref), report))
-
-    def list(self, *, limit: int = 100, offset: int = 0) -> list[TagInfo]:
-        """Names and tags on the server (one page of at most ``limit``, at most 1000)."""
-        data = (self._send("GET", "/models", params={"limit": limit, "offset": offset})).json()
-        return [TagInfo.from_json(t) for t in data["items"]]
-
-    def delete(self, ref: str, *, force: bool = False) -> None:
-        """Remove a model from the server (admin scope).
-
-        A name or ``name:tag`` removes that tag (the bundle stays, other names keep it); a digest
-        removes the bundle itself, which the server refuses (409) while names point at it unless
-        ``force``.
-        """
-        parsed = parse_ref(ref)
-        if parsed.digest is not None:
-            self._send("DELETE", f"/bundles/{parsed.digest}", params={"force": "true"} if force else None)
-        else:
-            self._send("DELETE", self._model_path(parsed))

@@ -40,24 +40,53 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(to_json(data) if args.json else text)
 
 
+def _upload_plan(
+    path: Path, files: list[str] | None, name: str | None, *, base: bool
+) -> tuple[Path, list[Path], list[str]]:
+    """What ``push``/``push-base`` sends, checked locally before any request: the file (a DIR's one
+    bundle or base), the sidecars (DIR's by the rule of ``client/_uploads.py``, then each ``--file``)
+    and what DIR held that is left out."""
+    from client._uploads import check_base_file, check_bundle_file, scan_base_dir, scan_bundle_dir
+
+    explicit = [Path(f) for f in files or []]
+    if path.is_dir():
+        found = scan_base_dir(path, name) if base else scan_bundle_dir(path, name)
+        return found.main, [*found.sidecars, *explicit], found.left_out
+    return (check_base_file(path, name) if base else check_bundle_file(path, name)), explicit, []
+
+
+def _files_text(sidecars: list[Path], left_out: list[str]) -> str:
+    text = f"; files: {', '.join(p.name for p in sidecars)}" if sidecars else ""
+    return text + (f"; left out (not sidecars): {', '.join(left_out)}" if left_out else "")
+
+
 def _push(args: argparse.Namespace) -> int:
+    bundle, sidecars, left_out = _upload_plan(Path(args.bundle), args.file, args.name, base=False)
     with _client(args) as c:
-        info = c.push(args.bundle, name=args.name, tag=args.tag)
+        info = c.push(bundle, name=args.name, tag=args.tag, files=sidecars)
     verb = "stored" if info.created else "already stored"
     named = f" as {args.name}:{args.tag or 'latest'}" if args.name else ""
+    files = [p.name for p in sidecars]
     _emit(
         args,
-        info,
+        {**vars(info), "bundle": str(bundle), "files": files, "left_out": left_out},
         f"{verb}{named}: {info.digest} ({info.size:,} B, {info.num_params:,} parameters, "
-        f"{info.compression_ratio:.1f}x)",
+        f"{info.compression_ratio:.1f}x){_files_text(sidecars, left_out)}",
     )
     return EXIT_OK
 
 
 def _push_base(args: argparse.Namespace) -> int:
+    base, sidecars, left_out = _upload_plan(Path(args.base), args.file, args.name, base=True)
     with _client(args) as c:
-        info = c.push_base(args.base)
-    _emit(args, info, f"base registered: sha256:{info.digest} ({info.num_tensors} tensors, {info.size:,} B)")
+        info = c.push_base(base, name=args.name, files=sidecars)
+    named = f" as {info.name} (commit {info.commit})" if info.name else ""
+    _emit(
+        args,
+        {**vars(info), "base_file": str(base), "left_out": left_out},
+        f"base registered{named}: sha256:{info.digest} ({info.num_tensors} tensors, {info.size:,} B)"
+        f"{_files_text(sidecars, left_out)}",
+    )
     return EXIT_OK
 
 
@@ -74,8 +103,27 @@ def _save_state(state: dict[str, Any], output: Path) -> None:
     tmp.replace(output)
 
 
+def _local_base(path: str) -> dict[str, Any]:
+    """``pull --base FILE``: the base's tensors, read before any request (the client checks them
+    against the delta's base digest before reconstructing)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--base {path}: no such file (the base as one safetensors file)")
+    try:
+        return load_file(str(p))
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise ValueError(f"--base {path} is not a readable safetensors file: {exc}") from exc
+
+
 def _pull(args: argparse.Namespace) -> int:
+    from client import BaseNotFoundError
+
     output = Path(args.output)
+    if args.base is not None and (args.server_side or args.format == "peft"):
+        what = "--server-side streams what the server reconstructs" if args.server_side else "a PEFT adapter needs none"
+        raise ValueError(f"--base is for local reconstruction of a delta: {what}; drop --base")
     if args.format == "peft":
         if args.server_side:
             raise ValueError("--format peft exports locally from the bundle; drop --server-side")
@@ -85,11 +133,16 @@ def _pull(args: argparse.Namespace) -> int:
         _emit(args, {**vars(report), "output": str(output)}, f"{output}/: PEFT adapter of {report.digest[:12]}")
         return EXIT_OK
     output.parent.mkdir(parents=True, exist_ok=True)  # before any download: a bad path fails first
+    base = _local_base(args.base) if args.base is not None else None  # a bad --base too
     with _client(args) as c:
         if args.server_side:
             report = c.download_weights(args.ref, output, dtype=args.dtype)
         else:
-            _save_state(c.load(args.ref, device=args.device, dtype=args.dtype), output)
+            try:
+                state = c.load(args.ref, device=args.device, dtype=args.dtype, base=base)
+            except BaseNotFoundError as exc:
+                raise exc.with_hint(f"or here: mcnc pull {args.ref} --base BASE.safetensors -o {output}") from exc
+            _save_state(state, output)
             report = c.last_report
     _emit(args, {**vars(report), "saving": report.saving, "output": str(output)}, f"{output}: {report}")
     return EXIT_OK
@@ -213,6 +266,7 @@ def _wrap(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[arg
         from client import (
             AdapterExportError,
             APIError,
+            BaseMismatchError,
             ConnectionFailedError,
             InsufficientMemoryError,
             IntegrityError,
@@ -224,6 +278,8 @@ def _wrap(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[arg
 
         try:
             return int(func(args))
+        except BaseMismatchError as exc:  # the base the user gave (pull --base) is not the delta's
+            return fail(name, "wrong base", exc, EXIT_BAD_INPUT)
         except IntegrityError as exc:
             return fail(name, "integrity error", exc, EXIT_INTEGRITY)
         except AdapterExportError as exc:
@@ -282,25 +338,41 @@ def register(sub: Any) -> None:
         sub,
         "push",
         _push,
-        "upload a bundle (checked by the server's strict reader)",
-        "  mcnc push mlp.mcnc --name mlp --tag v1\n  mcnc push lora.mcnc --name acme/lora",
+        "upload a bundle, with sidecar files (checked by the server's strict reader)",
+        "  mcnc push mlp.mcnc --name mlp --tag v1\n"
+        "  mcnc push tiny.mcnc --name acme/tiny --tag v1 --file config.json --file tokenizer.json\n"
+        "  mcnc push model-dir/ --name acme/tiny --tag v1",
         parents=common,
+        description="Upload a .mcnc bundle and tag it name:tag. --file attaches a sidecar file (config.json, "
+        "tokenizer files, README.md) to the tag, so Hub clients find a whole repo. A directory holding exactly "
+        "one .mcnc bundle is pushed with its sidecars: config.json, generation_config.json, "
+        "special_tokens_map.json, added_tokens.json, preprocessor_config.json, chat_template.*, README.md, "
+        "vocab.*, merges.txt, tokenizer*, *.model, *.tiktoken; other files are left out (and listed). "
+        "A PEFT adapter or a plain safetensors file is refused with what to run instead (exit 2).",
     )
-    p.add_argument("bundle", help="a .mcnc bundle file")
+    p.add_argument("bundle", help="a .mcnc bundle file, or a directory holding one plus sidecar files")
     p.add_argument("--name", help="name (or org/name) to tag it with")
     p.add_argument("--tag", help="tag (default latest; needs --name)")
+    p.add_argument("--file", action="append", metavar="FILE", help="a sidecar file for the tag (repeatable)")
 
     p = _command(
         sub,
         "push-base",
         _push_base,
-        "register a base model (safetensors) for delta bundles",
-        "  mcnc push-base llama-base.safetensors",
+        "register a base model (safetensors) for delta bundles, optionally as a named repo",
+        "  mcnc push-base llama-base.safetensors\n"
+        "  mcnc push-base base.safetensors --name acme/base --file config.json\n"
+        "  mcnc push-base base-dir/ --name acme/base",
         parents=common,
         description="Upload the base a delta bundle was trained on, so the server can stream the delta's "
-        "full weights (--server-side pulls). It is addressed by its state digest.",
+        "full weights (--server-side pulls). It is addressed by its state digest. With --name the server also "
+        "serves it as a whole-model Hub repo of that name with the --file sidecars (registering a name again "
+        "moves it). A directory holding exactly one .safetensors file is pushed with its sidecars (the rule "
+        "of `mcnc push DIR`).",
     )
-    p.add_argument("base", help="a safetensors file holding the base's tensors")
+    p.add_argument("base", help="a safetensors file holding the base's tensors, or a directory holding one")
+    p.add_argument("--name", help="repo name (org/name) to serve the base under")
+    p.add_argument("--file", action="append", metavar="FILE", help="a sidecar file for the repo (repeatable)")
 
     p = _command(
         sub,
@@ -309,7 +381,8 @@ def register(sub: Any) -> None:
         "fetch a model's weights (or a delta's PEFT adapter)",
         "  mcnc pull mlp:v1 -o mlp.safetensors\n"
         "  mcnc pull mlp:v1 -o mlp.safetensors --server-side --dtype float16\n"
-        "  mcnc pull acme/lora:v1 --format peft -o adapter/",
+        "  mcnc pull acme/lora:v1 --format peft -o adapter/\n"
+        "  mcnc pull acme/lora:v1 --base base.safetensors -o weights.safetensors",
         parents=common,
         description="Download the bundle (cached by digest) and reconstruct locally, or stream the weights "
         "the server reconstructs (--server-side). A name without a tag means name:latest. When the server "
@@ -326,6 +399,11 @@ def register(sub: Any) -> None:
     p.add_argument("--server-side", action="store_true", help="stream weights reconstructed by the server")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (peft: default bfloat16)")
     p.add_argument("--device", default="cpu", help="where to reconstruct: cpu (default), cuda, cuda:N")
+    p.add_argument(
+        "--base",
+        metavar="FILE",
+        help="a delta's base as a local safetensors file (checked by digest; nothing downloaded for it)",
+    )
 
     p = _command(sub, "ls", _ls, "list the names and tags on the server", "  mcnc ls\n  mcnc ls --json", parents=common)
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")

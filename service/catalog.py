@@ -40,16 +40,18 @@ from mcnc_core.fingerprint import state_digest_file
 from service.config import Settings
 from service.errors import (
     BaseNotFoundError,
+    ConflictError,
     FingerprintMismatchError,
     InsufficientMemoryError,
     InvalidBaseError,
     InvalidBundleError,
+    InvalidRequestError,
     LimitExceededError,
     ServiceError,
 )
 from service.reconstructor import Reconstructor
-from service.schemas import BundlePublic, TagPublic
-from service.storage import BaseRecord, BundleRecord, Staged, Store
+from service.schemas import BasePublic, BundlePublic, SidecarPublic, TagPublic
+from service.storage import BaseRecord, BundleRecord, Staged, Store, commit_id
 
 __all__ = ["TAGS_IN_RECORD", "Catalog", "Verification", "check_bundle_names"]
 
@@ -265,11 +267,38 @@ class Catalog:
         finally:
             tmp.discard()
 
-    def ingest_base(self, tmp: Staged) -> tuple[BaseRecord, bool]:
-        """Register a staged base file (addressed by the ``state_digest`` of its tensors).
+    def check_base_name(self, name: str, files: dict[str, str]) -> None:
+        """Refuse a base repo name before its upload is read: ``name`` must not be a bundle repo and
+        every ``files`` sha256 must be stored (the registration's transaction checks both again).
+
+        Raises:
+            ConflictError: ``name`` has tags (it is a bundle repo).
+            InvalidRequestError: a file not uploaded with ``POST /files``.
+        """
+        if self.store.meta.tags_named(name, limit=1):
+            raise ConflictError(
+                f"{name!r} is a bundle repo (it has tags); register the base under another name, "
+                f"or remove the repo's tags first (DELETE /models/{name}:<tag>)"
+            )
+        missing = sorted(f"{f}:{sha}" for f, sha in files.items() if self.store.meta.get_file(sha) is None)
+        if missing:
+            raise InvalidRequestError(
+                f"file {missing[0]} is not stored here: upload its bytes with POST /files first "
+                f"({len(missing)} missing)"
+            )
+
+    def ingest_base(
+        self, tmp: Staged, name: str | None = None, files: dict[str, str] | None = None
+    ) -> tuple[BaseRecord, bool]:
+        """Register a staged base file (addressed by the ``state_digest`` of its tensors) and, with
+        ``name``, point that repo name at it with the sidecar ``files`` (file name -> sha256 of a file
+        from ``POST /files``), in the same transaction. Re-registering a name moves it (and replaces
+        its files): a base repo has one revision, ``main``.
 
         Raises:
             InvalidBaseError: not a safetensors file the digest can be computed from.
+            ConflictError: ``name`` is a bundle repo; InvalidRequestError: a file not stored. Nothing
+            is registered then.
         """
         try:
             file_sha = tmp.finish()
@@ -279,12 +308,28 @@ class Catalog:
                 raise InvalidBaseError(str(exc)) from exc
             except Exception as exc:  # safetensors raises its own error types for malformed files
                 raise InvalidBaseError(f"not a valid safetensors file: {exc}") from exc
+            if name is not None:  # refused before the blob is written (the transaction checks again)
+                self.check_base_name(name, files or {})
             rec = self.store.meta.get_base(digest) or BaseRecord(
                 digest, file_sha, tmp.size, n_tensors, n_params, time.time()
             )
-            return self.store.add_base(tmp, rec)
+            return self.store.add_base(tmp, rec, name=name, files=files)
         finally:
             tmp.discard()
+
+    def base_public(self, rec: BaseRecord, name: str | None, files: dict[str, str]) -> BasePublic:
+        """The JSON record of a base just registered (under ``name`` with ``files``, if given): its
+        repo name, Hub commit id and sidecar files as this request set them."""
+        sidecars = []
+        for filename, sha in sorted(files.items()):
+            stored = self.store.meta.get_file(sha)  # content-addressed: its size never changes
+            sidecars.append(SidecarPublic(name=filename, sha256=sha, size=stored.size if stored else 0))
+        return BasePublic(
+            **vars(rec),
+            name=name,
+            commit=commit_id(rec.digest, files.items()) if name is not None else None,
+            files=sidecars,
+        )
 
     # verification
     def verification(self, rec: BundleRecord) -> Verification:

@@ -15,6 +15,7 @@ __all__ = [
     "LoadedModels",
     "ModelPublic",
     "ModelsPublic",
+    "SidecarPublic",
     "TagPublic",
 ]
 
@@ -94,6 +95,14 @@ class LoadedModels(BaseModel):
     items: list[LoadedModel]
 
 
+class SidecarPublic(BaseModel):
+    """A sidecar file attached to a repo revision: its file name, content sha256 and size."""
+
+    name: str
+    sha256: str
+    size: int
+
+
 class BasePublic(BaseModel):
     digest: str
     file_sha256: str
@@ -101,3 +110,8 @@ class BasePublic(BaseModel):
     num_tensors: int
     num_params: int
     created_at: float
+    # ``POST /bases?name=``: the repo name this request registered the base under (null without
+    # ``name``), the Hub commit id of that repo's ``main`` and its sidecar files (``file=``).
+    name: str | None = None
+    commit: str | None = None
+    files: list[SidecarPublic] = []

@@ -1,17 +1,19 @@
-"""``POST /files``: a sidecar file for Hub repos (config.json, tokenizer files, README.md), by sha256."""
+"""``POST /files``: a sidecar file for Hub repos (config.json, tokenizer files, README.md), by sha256;
+``GET|HEAD /files/{sha256}``: its bytes (a client asks HEAD before uploading bytes already stored)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.deps import SettingsDep, StoreDep, require
-from service.errors import PayloadTooLargeError
-from service.http import check_upload_type, staged_upload
+from service.errors import FileNotStoredError, PayloadTooLargeError
+from service.http import check_upload_type, ranged_response, staged_upload
 from service.hub.sidecars import store_file
-from service.openapi import binary_body
+from service.openapi import DigestPath, binary_body, binary_responses
 from service.schemas import FilePublic
+from service.storage import parse_ref
 
 router = APIRouter(tags=["files"])
 
@@ -35,3 +37,24 @@ async def upload_file(request: Request, store: StoreDep, settings: SettingsDep) 
     async with staged_upload(request, store, bounded) as tmp:
         rec, created = await run_in_threadpool(store_file, store, tmp, settings)
     return JSONResponse({"sha256": rec.sha256, "size": rec.size}, status_code=201 if created else 200)
+
+
+_FILE = {"response_class": Response, "responses": binary_responses("the file's bytes as uploaded")}
+
+
+@router.get("/files/{sha256}", operation_id="get_file", dependencies=[Depends(require("read"))], **_FILE)
+@router.head("/files/{sha256}", operation_id="head_file", dependencies=[Depends(require("read"))], **_FILE)
+def get_file(sha256: DigestPath, request: Request, store: StoreDep) -> Response:
+    """A stored sidecar file by its sha256 (``ETag``: that sha256; immutable); 404 ``file_not_found``
+    when it was never uploaded, so ``HEAD`` tells a client whether to upload it."""
+    parsed = parse_ref(sha256)
+    rec = store.meta.get_file(parsed.digest) if parsed.digest else None
+    if rec is None:
+        raise FileNotStoredError(f"no file sha256:{sha256.removeprefix('sha256:')}: upload it with POST /files")
+    return ranged_response(
+        request,
+        total=rec.size,
+        etag=rec.sha256,
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        open_body=lambda start, end: store.open_file(rec.sha256, start, end),
+    )

@@ -390,23 +390,26 @@ class MetadataStore:
             BaseNotFoundError: no base ``digest``; InvalidRequestError: a file not stored;
             ConflictError: ``name`` is a bundle repo (it has tags).
         """
-        now, commit = time.time(), commit_id(digest, attached.items())
         with self._tx(write=True) as conn:
             if conn.execute(select(bases.c.digest).where(bases.c.digest == digest)).first() is None:
                 raise BaseNotFoundError(f"no base sha256:{digest}")
-            self._check_files(conn, attached)
-            if conn.execute(select(tags.c.name).where(tags.c.name == name).limit(1)).first():
-                raise ConflictError(f"{name!r} is a bundle repo (it has tags); register the base under another name")
-            conn.execute(delete(base_files).where(base_files.c.name == name))
-            ins = self._insert(base_names).values(name=name, digest=digest, commit=commit, updated_at=now)
-            conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["name"], set_={"digest": digest, "commit": commit, "updated_at": now}
-                )
-            )
-            if attached:
-                rows = [{"name": name, "filename": f, "sha256": sha} for f, sha in sorted(attached.items())]
-                conn.execute(base_files.insert(), rows)
+            self._check_base_name(conn, name, attached)
+            return self._name_base(conn, name, digest, attached)
+
+    def _check_base_name(self, conn: Connection, name: str, attached: dict[str, str]) -> None:
+        self._check_files(conn, attached)
+        if conn.execute(select(tags.c.name).where(tags.c.name == name).limit(1)).first():
+            raise ConflictError(f"{name!r} is a bundle repo (it has tags); register the base under another name")
+
+    def _name_base(self, conn: Connection, name: str, digest: str, attached: dict[str, str]) -> BaseNameRecord:
+        now, commit = time.time(), commit_id(digest, attached.items())
+        conn.execute(delete(base_files).where(base_files.c.name == name))
+        ins = self._insert(base_names).values(name=name, digest=digest, commit=commit, updated_at=now)
+        moved = {"digest": digest, "commit": commit, "updated_at": now}
+        conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_=moved))
+        if attached:
+            rows = [{"name": name, "filename": f, "sha256": sha} for f, sha in sorted(attached.items())]
+            conn.execute(base_files.insert(), rows)
         return BaseNameRecord(name, digest, commit, now)
 
     def mark_verified(self, digest: str, when: float) -> None:
@@ -414,11 +417,32 @@ class MetadataStore:
         with self._tx(write=True) as conn:
             conn.execute(update(bundles).where(bundles.c.digest == digest).values(verified_at=when))
 
-    def add_base(self, rec: BaseRecord, *, before_commit: Callable[[], None]) -> tuple[BaseRecord, bool]:
-        """Insert ``rec`` unless its digest is stored; ``before_commit`` runs with the row locked."""
+    def add_base(
+        self,
+        rec: BaseRecord,
+        *,
+        before_commit: Callable[[], None],
+        name: str | None = None,
+        files: dict[str, str] | None = None,
+    ) -> tuple[BaseRecord, bool]:
+        """Insert ``rec`` unless its digest is stored; ``before_commit`` runs with the row locked. With
+        ``name``, also register the base under that repo name with sidecar ``files`` (as
+        ``set_base_name``: a registration of that name moves here) in the same transaction.
+
+        Returns:
+            The stored record and whether it was inserted.
+
+        Raises:
+            InvalidRequestError: a file not stored; ConflictError: ``name`` is a bundle repo. Nothing is
+            written then.
+        """
         with self._tx(write=True) as conn:
+            if name is not None:
+                self._check_base_name(conn, name, files or {})
             row, created = self._insert_locked(conn, bases, dataclasses.asdict(rec))
             before_commit()
+            if name is not None:
+                self._name_base(conn, name, rec.digest, files or {})
         return BaseRecord(**row._asdict()), created
 
     def delete_tag(self, name: str, tag: str) -> TagRecord | None:

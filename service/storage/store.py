@@ -112,10 +112,18 @@ class Store:
         ensure = lambda: self._ensure("bundles", rec.digest, staged)  # noqa: E731
         return self.meta.add_bundle(rec, tag=tag, before_commit=ensure, files=files)
 
-    def add_base(self, staged: Staged, rec: BaseRecord) -> tuple[BaseRecord, bool]:
-        """Store a validated base's blob and record; the record and whether it is new."""
+    def add_base(
+        self, staged: Staged, rec: BaseRecord, *, name: str | None = None, files: dict[str, str] | None = None
+    ) -> tuple[BaseRecord, bool]:
+        """Store a validated base's blob and record and, with ``name``, register it under that repo name
+        with the sidecar ``files`` in the same transaction (``MetadataStore.add_base``).
+
+        Returns:
+            The record and whether it is new.
+        """
         self.blobs.put("bases", rec.digest, staged)
-        return self.meta.add_base(rec, before_commit=lambda: self._ensure("bases", rec.digest, staged))
+        ensure = lambda: self._ensure("bases", rec.digest, staged)  # noqa: E731
+        return self.meta.add_base(rec, before_commit=ensure, name=name, files=files)
 
     def add_file(self, staged: Staged, sha256: str, oid: str) -> tuple[FileRecord, bool]:
         """Store a sidecar file (``staged.finish()`` gave ``sha256``; ``oid`` is its git blob id); its
