@@ -10,11 +10,18 @@ sizes and hashes stay in memory and its bytes are read from disk, so it is expor
 (without this every Hub request re-exported it). Before any export, the Catalog makes sure the bundle does
 not fail its fingerprint (checked once its base is here, failures remembered): nothing failing it
 is served here either.
+
+Exports are kept per ``(digest, dtype)``: the server's ``MCNC_ADAPTER_DTYPE`` (bfloat16 by default)
+and float32 on request (``exact``, the Hub revision ``<rev>:float32``). ``base_model_name_or_path``
+is set per request (``base_name``: the repo name the delta's base is registered under, which can
+change after the export): only the small ``adapter_config.json`` is rewritten, as
+``peft_adapter_files(base_model_name_or_path=...)`` would write it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -26,15 +33,16 @@ from typing import BinaryIO
 
 import torch
 
-from mcnc_core.peft import ExportError
+from mcnc_core.peft import ADAPTER_CONFIG, ExportError
 from service.catalog import Catalog, Verification
 from service.errors import BundleNotFoundError, NotAnAdapterError
 from service.metrics import Metrics
 from service.reconstructor import Reconstructor
 
-__all__ = ["ADAPTER_DTYPES", "AdapterFile", "AdapterStore"]
+__all__ = ["ADAPTER_DTYPES", "AdapterFile", "AdapterStore", "EXACT_DTYPE"]
 
 ADAPTER_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+EXACT_DTYPE = "float32"  # what ``exact`` asks for: the factors as generated, no rounding
 
 
 _READ_CHUNK = 1 << 20
@@ -130,8 +138,10 @@ class AdapterStore:
             raise BundleNotFoundError(f"no bundle sha256:{digest}")
         return self.catalog.verification(rec)
 
-    def files(self, digest: str) -> dict[str, AdapterFile]:
-        """The adapter files of bundle ``digest`` (exported on first use).
+    def files(self, digest: str, *, exact: bool = False, base_name: str | None = None) -> dict[str, AdapterFile]:
+        """The adapter files of bundle ``digest`` (exported on first use): factors in the server's
+        dtype, or float32 with ``exact``; ``base_name``: the config's ``base_model_name_or_path``
+        (None: the bundle's own base name, as exported).
 
         Raises:
             FingerprintMismatchError, InvalidBundleError: (422) the bundle fails its fingerprint (checked
@@ -143,42 +153,51 @@ class AdapterStore:
         if rec is None:
             raise BundleNotFoundError(f"no bundle sha256:{digest}")
         self.catalog.ensure_verified(rec)  # nothing failing its fingerprint is served (N6)
+        dtype = EXACT_DTYPE if exact else self.dtype
+        key = self._key(digest, exact)
         with self._lock:
-            hit = self._hit(digest)
+            hit = self._hit(key)
             if hit is not None:
-                return hit
-            key_lock = self._key_locks.setdefault(digest, threading.Lock())
+                return _named(hit, base_name)
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # single flight: the first caller exports, the others wait for its result
             with self._lock:
-                hit = self._hit(digest)
+                hit = self._hit(key)
             if hit is not None:
-                return hit
+                return _named(hit, base_name)
             try:
-                files = self._put(digest, self._export(digest))
+                files = self._put(key, self._export(digest, dtype))
             finally:
                 with self._lock:
-                    self._key_locks.pop(digest, None)
-            return files
+                    self._key_locks.pop(key, None)
+            return _named(files, base_name)
 
-    def _export(self, digest: str) -> dict[str, AdapterFile]:
+    def _key(self, digest: str, exact: bool) -> str:
+        """The cache key of an export: the digest for the server's dtype, ``<digest>-float32`` for exact."""
+        return f"{digest}-{EXACT_DTYPE}" if exact and self.dtype != EXACT_DTYPE else digest
+
+    def _export(self, digest: str, dtype: str) -> dict[str, AdapterFile]:
         bundle = self.catalog.bundle(digest)
         try:
-            contents = self.reconstructor.adapter_files(bundle, ADAPTER_DTYPES[self.dtype])
+            contents = self.reconstructor.adapter_files(bundle, ADAPTER_DTYPES[dtype])
         except ExportError as exc:
             raise NotAnAdapterError(f"bundle sha256:{digest} is not a PEFT LoRA adapter: {exc}") from exc
         return {name: AdapterFile.of(name, data) for name, data in contents.items()}
 
-    def open(self, digest: str, f: AdapterFile, start: int, end: int) -> AdapterBody:
-        """The body ``[start, end)`` of ``f`` (from ``files(digest)``), opened now. A file kept on disk
-        that was evicted since ``files`` answered is exported again (same bytes: exports are exact)."""
+    def open(
+        self, digest: str, f: AdapterFile, start: int, end: int, *, exact: bool = False, base_name: str | None = None
+    ) -> AdapterBody:
+        """The body ``[start, end)`` of ``f`` (from ``files(digest, exact=..., base_name=...)``), opened
+        now. A file kept on disk that was evicted since ``files`` answered is exported again (same bytes:
+        exports are exact)."""
         if f.path is None:
             return AdapterBody(f, start, end, None)
         try:
             return AdapterBody(f, start, end, f.path.open("rb"))
         except FileNotFoundError:
             with self._lock:
-                self._drop_disk(digest)
-            again = self.files(digest)[f.name]
+                self._drop_disk(self._key(digest, exact))
+            again = self.files(digest, exact=exact, base_name=base_name)[f.name]
             return AdapterBody(again, start, end, again.path.open("rb") if again.path is not None else None)
 
     def close(self) -> None:
@@ -249,8 +268,25 @@ class AdapterStore:
                 shutil.rmtree(self._disk_dir / digest, ignore_errors=True)
 
     def forget(self, digest: str) -> None:
+        """Drop every export of ``digest`` (each dtype), from memory and disk."""
         with self._lock:
-            old = self._items.pop(digest, None)
-            if old is not None:
-                self.nbytes -= sum(f.size for f in old.values())
-            self._drop_disk(digest)
+            for key in (digest, f"{digest}-{EXACT_DTYPE}"):
+                old = self._items.pop(key, None)
+                if old is not None:
+                    self.nbytes -= sum(f.size for f in old.values())
+                self._drop_disk(key)
+
+
+def _named(files: dict[str, AdapterFile], base_name: str | None) -> dict[str, AdapterFile]:
+    """``files`` with ``base_model_name_or_path = base_name`` in ``adapter_config.json`` (bytes as
+    ``peft_adapter_files`` writes them: sorted keys, indent 2, newline); unchanged for None."""
+    cfg = files.get(ADAPTER_CONFIG)
+    if base_name is None or cfg is None:
+        return files
+    data = cfg.data if cfg.data is not None else cfg.path.read_bytes() if cfg.path is not None else b"{}"
+    config = json.loads(data)
+    if config.get("base_model_name_or_path") == base_name:
+        return files
+    config["base_model_name_or_path"] = base_name
+    renamed = AdapterFile.of(ADAPTER_CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    return {**files, ADAPTER_CONFIG: renamed}

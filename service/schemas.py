@@ -72,6 +72,9 @@ class BundlePublic(BaseModel):
 
 class ModelPublic(BundlePublic):
     loaded: list[str] = []  # tiers holding some of it (any dtype)
+    # The sidecar files of the tag ``ref`` names (none for a digest ref: files belong to tags); their
+    # bytes: GET /models/{ref}/files/{name}
+    files: list[SidecarPublic] = []
 
 
 class ModelsPublic(BaseModel):

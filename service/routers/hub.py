@@ -1,31 +1,41 @@
-"""Hugging Face Hub-compatible routes serving each delta bundle as a PEFT adapter repository.
+"""Hugging Face Hub-compatible routes: delta bundles as PEFT adapter repos, full-mode bundles and
+bases registered by name as whole-model repos (``model.safetensors`` + sidecars such as config.json).
 
 ``huggingface_hub.snapshot_download(repo_id=NAME, revision=REV, endpoint=URL)`` (and so vLLM's
-``lora_path`` or LoRAX's ``adapter_source="hub"`` with ``HF_ENDPOINT=URL``) reads, in order:
-``GET /api/models/{repo}/revision/{rev}`` (``sha``, ``siblings``), ``GET /api/models/{repo}/tree/{sha}``
-(files with ``size`` and ``oid``), then ``HEAD`` and ``GET /{repo}/resolve/{sha}/{file}``
-(``X-Repo-Commit``, ``ETag``, ``Content-Length``). A repo is a model name (``name`` or
-``org/name``); a revision is a tag, ``main``, or a bundle digest the
-name points at, or its 40-hex commit id (``service/hub/revisions.py``); ``main`` is the tag ``main``,
-else the tag pushed most recently. Files are the bundle's PEFT export.
+``lora_path``, LoRAX's ``adapter_source="hub"``, ``transformers``/``peft`` ``from_pretrained`` with
+``HF_ENDPOINT=URL``) reads, in order: ``GET /api/models/{repo}/revision/{rev}`` (``sha``,
+``siblings``), ``GET /api/models/{repo}/tree/{sha}`` (files with ``size`` and ``oid``), then ``HEAD``
+and ``GET /{repo}/resolve/{sha}/{file}`` (``X-Repo-Commit``, ``ETag``, ``Content-Length``);
+``get_paths_info`` posts to ``/api/models/{repo}/paths-info/{rev}``. A repo is a model name
+(``name`` or ``org/name``); a revision is a tag, ``main``, a bundle digest the name points at, or
+its 40-hex commit id, optionally with ``:float32`` (``service/hub/revisions.py``). What each kind of
+repo holds is ``service/hub/files.py``: every route here lists or serves exactly that. Every answer
+about a revision carries ``X-Repo-Commit`` and ``X-MCNC-Verified`` (``false``: a delta whose base is
+not here, never checked against its fingerprint; one that failed is never served).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from service.adapters import AdapterStore
-from service.deps import AdaptersDep, StoreDep, require
-from service.errors import EntryNotFoundError, NotAnAdapterError
+from service.catalog import Catalog
+from service.deps import AdaptersDep, CatalogDep, EngineDep, StoreDep, require
+from service.engine import Engine
+from service.errors import EntryNotFoundError, InvalidRequestError, PayloadTooLargeError
 from service.http import ranged_response
+from service.hub.files import HubFile, RepoFiles, base_model_name, repo_files
 from service.hub.revisions import MAIN, Revision, resolve
 from service.schemas import HubErrorResponse
 from service.storage import Store
 
-__all__ = ["HUB_DEFAULT_REVISION", "resolve_revision", "router"]
+__all__ = ["HUB_DEFAULT_REVISION", "MAX_PATHS", "resolve_revision", "router"]
 
 _HUB_ERRORS: dict[int | str, dict[str, Any]] = {
     "4XX": {
@@ -35,101 +45,280 @@ _HUB_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(tags=["hub"], responses=_HUB_ERRORS)
 HUB_DEFAULT_REVISION = MAIN  # huggingface_hub's default: the tag main, else the newest push
+MAX_PATHS = 1000  # paths one paths-info request may ask about
+_MAX_PATHS_BODY = 256 << 10
 _READ = [Depends(require("read"))]
 
 
 def resolve_revision(store: Store, repo_id: str, revision: str) -> Revision:
-    """The adapter revision ``repo_id@revision`` names (``service.hub.revisions.resolve``).
+    """The revision ``repo_id@revision`` names, of any kind (``service.hub.revisions.resolve``).
 
     Raises:
         RepoNotFoundError, RevisionNotFoundError: as ``resolve``.
-        NotAnAdapterError: the revision is a full-mode model or a base (not yet served on these routes).
     """
-    rev = resolve(store, repo_id, revision)
-    if rev.kind != "adapter" or rev.exact:
-        raise NotAnAdapterError(
-            f"{repo_id}@{revision} (sha256:{rev.digest}) is a full-mode model or a base, not an adapter: fetch its "
-            "weights with GET /models/{ref}/weights or client.load"
-        )
-    return rev
+    return resolve(store, repo_id, revision)
 
 
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-@router.get("/api/models/{repo_id:path}/revision/{revision}", dependencies=_READ)
-def model_info(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
-    """Hub model info of ``repo_id`` at ``revision``: ``sha`` (the bundle digest) and ``siblings``."""
-    return _model_info(store, adapters, repo_id, revision)
+def _files(
+    store: Store, catalog: Catalog, adapters: AdapterStore, engine: Engine, repo_id: str, revision: str
+) -> RepoFiles:
+    return repo_files(store, catalog, adapters, engine, resolve_revision(store, repo_id, revision))
 
 
-def _model_info(store: Store, adapters: AdapterStore, repo_id: str, revision: str) -> dict[str, Any]:
-    rev = resolve_revision(store, repo_id, revision)
-    files = adapters.files(rev.digest)
-    rec = rev.bundle
-    assert rec is not None
+def _entry(f: HubFile) -> dict[str, Any]:
+    """A tree / paths-info entry (huggingface_hub's ``RepoFile(**entry)``)."""
+    out: dict[str, Any] = {"type": "file", "path": f.name, "size": f.size, "oid": f.oid}
+    if f.lfs is not None:
+        out["lfs"] = f.lfs
+    return out
+
+
+def _sibling(f: HubFile) -> dict[str, Any]:
+    out: dict[str, Any] = {"rfilename": f.name, "size": f.size, "blobId": f.oid}
+    if f.lfs is not None:
+        out["lfs"] = f.lfs
+    return out
+
+
+def _model_info(store: Store, repo: RepoFiles) -> dict[str, Any]:
+    rev = repo.rev
+    created = rev.bundle.created_at if rev.bundle is not None else rev.updated_at
+    if rev.kind == "adapter":
+        base = base_model_name(store, rev.bundle.base_sha256, rev.bundle.base_name) if rev.bundle else None
+        library, tags = "peft", ["peft", "lora", "mcnc", "safetensors"]
+        card: dict[str, Any] = {"library_name": "peft", "tags": ["peft", "lora", "mcnc"]}
+        if base is not None:
+            card["base_model"] = base
+            tags.append(f"base_model:adapter:{base}")
+    else:
+        library, tags = "transformers", ["transformers", "safetensors", "mcnc"]
+        card = {"library_name": "transformers", "tags": ["mcnc"]}
+    if repo.pipeline_tag:
+        tags.append(repo.pipeline_tag)
+        card["pipeline_tag"] = repo.pipeline_tag
     # Every field huggingface_hub's ModelInfo requires: 0.23.x reads downloads, likes, private and
     # tags with no default (hf_api.py ModelInfo.__init__), which LoRAX's first call needs.
-    return {
+    info: dict[str, Any] = {
         "_id": rev.commit[:24],
-        "id": repo_id,
-        "modelId": repo_id,
-        "author": repo_id.partition("/")[0] if "/" in repo_id else None,
+        "id": rev.repo,
+        "modelId": rev.repo,
+        "author": rev.repo.partition("/")[0] if "/" in rev.repo else None,
         "sha": rev.commit,
         "private": False,
         "disabled": False,
         "gated": False,
         "downloads": 0,
         "likes": 0,
-        "library_name": "peft",
-        "pipeline_tag": None,
-        "tags": ["peft", "lora", "mcnc", "safetensors"],
-        "cardData": {"library_name": "peft", "tags": ["peft", "lora", "mcnc"]},
-        "createdAt": _iso(rec.created_at),
+        "library_name": library,
+        "pipeline_tag": repo.pipeline_tag,
+        "tags": tags,
+        "cardData": card,
+        "createdAt": _iso(created),
         "lastModified": _iso(rev.updated_at),
-        "siblings": [{"rfilename": f.name, "size": f.size, "blobId": f.oid} for f in files.values()],
+        "siblings": [_sibling(f) for f in repo.files.values()],
+        "mcnc": {
+            "kind": rev.kind,
+            "digest": f"sha256:{rev.digest}",
+            "tag": rev.tag,
+            "exact": rev.exact,
+            "verified": repo.verified,
+        },
     }
+    if repo.config is not None:
+        info["config"] = repo.config
+    return info
+
+
+@router.get("/api/models/{repo_id:path}/revision/{revision}", dependencies=_READ)
+def model_info(
+    repo_id: str,
+    revision: str,
+    response: Response,
+    store: StoreDep,
+    catalog: CatalogDep,
+    adapters: AdaptersDep,
+    engine: EngineDep,
+) -> dict[str, Any]:
+    """Hub model info of ``repo_id`` at ``revision``: ``sha`` (its commit), ``siblings``, ``config``, ``mcnc``."""
+    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    response.headers.update(repo.headers)
+    return _model_info(store, repo)
 
 
 @router.get("/api/models/{repo_id:path}/tree/{revision}", dependencies=_READ)
-def list_tree(repo_id: str, revision: str, store: StoreDep, adapters: AdaptersDep) -> list[dict[str, Any]]:
+def list_tree(
+    repo_id: str,
+    revision: str,
+    response: Response,
+    store: StoreDep,
+    catalog: CatalogDep,
+    adapters: AdaptersDep,
+    engine: EngineDep,
+) -> list[dict[str, Any]]:
     """The repository's files at ``revision`` (flat: no folders; ``recursive`` changes nothing)."""
-    rev = resolve_revision(store, repo_id, revision)
-    return [{"type": "file", "path": f.name, "size": f.size, "oid": f.oid} for f in adapters.files(rev.digest).values()]
+    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    response.headers.update(repo.headers)
+    return [_entry(f) for f in repo.files.values()]
 
 
-# After the two routes above: "{repo_id:path}" would match their paths too.
+@router.get("/api/models/{repo_id:path}/tree/{revision}/{path:path}", dependencies=_READ)
+def list_tree_path(
+    repo_id: str,
+    revision: str,
+    path: str,
+    response: Response,
+    store: StoreDep,
+    catalog: CatalogDep,
+    adapters: AdaptersDep,
+    engine: EngineDep,
+) -> list[dict[str, Any]]:
+    """The files under folder ``path``: repos here are flat, so only the root (an empty path) has any."""
+    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    response.headers.update(repo.headers)
+    folder = path.strip("/")
+    if folder in ("", "."):
+        return [_entry(f) for f in repo.files.values()]
+    what = "a file" if folder in repo.files else "no folder"
+    raise EntryNotFoundError(
+        f"{repo_id}@{revision}: {folder!r} is {what}; repos here are flat (no folders): list the files with "
+        f"GET /api/models/{repo_id}/tree/{revision}, or ask about files with POST .../paths-info/{revision}",
+        headers=repo.headers,
+    )
+
+
+_PATHS_SCHEMA = {
+    "type": "object",
+    "required": ["paths"],
+    "properties": {
+        "paths": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_PATHS},
+        "expand": {"type": "boolean"},
+    },
+}
+_PATHS_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the file paths to describe (huggingface_hub's get_paths_info sends them as a form)",
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": _PATHS_SCHEMA},
+            "application/json": {"schema": _PATHS_SCHEMA},
+        },
+    }
+}
+
+
+def _parse_paths(content_type: str, body: bytes) -> list[str]:
+    """``paths`` of a paths-info body (form, as huggingface_hub sends it, or JSON); ``expand`` is
+    accepted and changes nothing (entries always carry what the tree does).
+
+    Raises:
+        InvalidRequestError: another content type, a malformed body, no ``paths``, a non-boolean
+            ``expand``, or more than ``MAX_PATHS`` paths.
+    """
+    kind = content_type.partition(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise InvalidRequestError(f"paths-info body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequestError('paths-info body must be a JSON object {"paths": [...]}')
+        paths, expand = data.get("paths"), data.get("expand", False)
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise InvalidRequestError('paths-info needs "paths": a list of file paths (strings)')
+        if not isinstance(expand, bool):
+            raise InvalidRequestError('"expand" must be true or false')
+    elif kind == "application/x-www-form-urlencoded":
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidRequestError(f"paths-info form is malformed: {exc}") from exc
+        if "paths" not in form:
+            raise InvalidRequestError("paths-info needs paths=<file path> (repeatable)")
+        paths = form["paths"]
+        for value in form.get("expand", []):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise InvalidRequestError(f"expand={value!r}: expected true or false")
+    else:
+        raise InvalidRequestError(
+            f"paths-info takes application/x-www-form-urlencoded (paths=a&paths=b) or application/json, "
+            f"got {content_type or 'no content type'!r}"
+        )
+    if len(paths) > MAX_PATHS:
+        raise InvalidRequestError(f"{len(paths)} paths asked for, over the limit of {MAX_PATHS}: ask in batches")
+    return paths
+
+
+@router.post("/api/models/{repo_id:path}/paths-info/{revision}", dependencies=_READ, openapi_extra=_PATHS_BODY)
+async def paths_info(
+    repo_id: str,
+    revision: str,
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    catalog: CatalogDep,
+    adapters: AdaptersDep,
+    engine: EngineDep,
+) -> list[dict[str, Any]]:
+    """The entries (as the tree lists them) of the asked ``paths`` that exist at ``revision``; the
+    others are left out, as on the Hub."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > _MAX_PATHS_BODY:
+        raise PayloadTooLargeError(f"paths-info body is {declared} bytes, over the limit of {_MAX_PATHS_BODY}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_PATHS_BODY:
+            raise PayloadTooLargeError(f"paths-info body exceeds the limit of {_MAX_PATHS_BODY} bytes")
+    paths = _parse_paths(request.headers.get("content-type", ""), bytes(body))
+    repo = await run_in_threadpool(_files, store, catalog, adapters, engine, repo_id, revision)
+    response.headers.update(repo.headers)
+    wanted = dict.fromkeys(p.strip("/") for p in paths)
+    return [_entry(repo.files[p]) for p in wanted if p in repo.files]
+
+
+# After the routes above: "{repo_id:path}" would match their paths too.
 @router.get("/api/models/{repo_id:path}", dependencies=_READ)
-def model_info_main(repo_id: str, store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
+def model_info_main(
+    repo_id: str, response: Response, store: StoreDep, catalog: CatalogDep, adapters: AdaptersDep, engine: EngineDep
+) -> dict[str, Any]:
     """Hub model info of ``repo_id`` at ``main`` (its default tag)."""
-    return _model_info(store, adapters, repo_id, HUB_DEFAULT_REVISION)
+    repo = _files(store, catalog, adapters, engine, repo_id, HUB_DEFAULT_REVISION)
+    response.headers.update(repo.headers)
+    return _model_info(store, repo)
 
 
 @router.get("/{repo_id:path}/resolve/{revision}/{filename}", operation_id="hub_get_file", dependencies=_READ)
 @router.head("/{repo_id:path}/resolve/{revision}/{filename}", operation_id="hub_head_file", dependencies=_READ)
 def resolve_file(
-    repo_id: str, revision: str, filename: str, request: Request, store: StoreDep, adapters: AdaptersDep
+    repo_id: str,
+    revision: str,
+    filename: str,
+    request: Request,
+    store: StoreDep,
+    catalog: CatalogDep,
+    adapters: AdaptersDep,
+    engine: EngineDep,
 ) -> Response:
-    """One adapter file: ``X-Repo-Commit``, strong ``ETag`` (its sha256), 304, Range/206."""
-    rev = resolve_revision(store, repo_id, revision)
-    files = adapters.files(rev.digest)
-    f = files.get(filename)
+    """One file of the revision: ``X-Repo-Commit``, ``X-MCNC-Verified``, strong ``ETag``, 304,
+    Range/206, HEAD (size and ETag before any byte, for ``model.safetensors`` too)."""
+    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    f = repo.files.get(filename)
     if f is None:
         raise EntryNotFoundError(
-            f"{repo_id}@{revision} has no file {filename!r} (it has {sorted(files)})",
-            headers={"X-Repo-Commit": rev.commit},
+            f"{repo_id}@{revision} has no file {filename!r} (it has {sorted(repo.files)})", headers=repo.headers
         )
     headers = {
-        "X-Repo-Commit": rev.commit,
-        "Cache-Control": "public, max-age=31536000, immutable" if rev.pinned else "no-cache",
+        **repo.headers,
+        **f.headers,
+        "Cache-Control": "public, max-age=31536000, immutable" if repo.rev.pinned else "no-cache",
     }
     media = "application/json" if filename.endswith(".json") else "application/octet-stream"
     return ranged_response(  # the body is opened before the status line: an eviction cannot cut it
-        request,
-        total=f.size,
-        etag=f.sha256,
-        headers=headers,
-        open_body=lambda start, end: adapters.open(rev.digest, f, start, end),
-        media_type=media,
+        request, total=f.size, etag=f.etag, headers=headers, open_body=f.open, media_type=media
     )

@@ -125,6 +125,11 @@ def find_card(store: Store, name: str, tag: str) -> tuple[str | None, list[Any]]
     return text, files
 
 
+def _file_href(ref: str, filename: str) -> str:
+    """Where a sidecar file's bytes are served: ``GET /models/{ref}/files/{filename}``."""
+    return f"/models/{quote(ref)}/files/{quote(filename)}"
+
+
 @router.get("/ui/models/{name:path}", response_class=HTMLResponse)
 def model_page(request: Request, name: str, tag: Annotated[str | None, Query(max_length=128)] = None) -> Response:
     """One model: card, tags, files, config, lineage, metadata, snippets."""
@@ -150,7 +155,8 @@ def model_page(request: Request, name: str, tag: Annotated[str | None, Query(max
     text, sidecars = find_card(store, name, shown)
     card = None
     if text is not None:
-        card = render_card(text, file_url=lambda n: None)  # no route serves sidecar bytes yet (issue 18)
+        served = {f.name for f in sidecars}
+        card = render_card(text, file_url=lambda n: _file_href(ref, n) if n in served else None)
     delta = rec.mode == "delta"
     adapter = delta and bool(summary and summary.rank)
     files: list[dict[str, Any]] = [
@@ -166,7 +172,7 @@ def model_page(request: Request, name: str, tag: Annotated[str | None, Query(max
             files.append({"name": f, "size": None, "href": f"/{quote(name)}/resolve/{quote(shown)}/{f}",
                           "what": "PEFT adapter (exported on first request)"})  # fmt: skip
     for f in sidecars:
-        files.append({"name": f.name, "size": f.size, "href": None,
+        files.append({"name": f.name, "size": f.size, "href": _file_href(ref, f.name),
                       "what": "sidecar file"})  # fmt: skip
     tag_rows, tag_total = queries.name_tags(store.meta, name, limit=_TAGS_SHOWN)
     snippets = model_snippets(

@@ -14,7 +14,7 @@ import peft
 import pytest
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 import mcnc_core as m
 from service import Settings
@@ -101,7 +101,7 @@ def test_main_is_the_default_tag_and_digests_are_revisions(live, hub_env, case):
     assert json.loads(Path(path).read_text())["r"] == 8
 
 
-def test_hub_errors_map_to_huggingface_hub_exceptions(live, hub_env, case, tiny):
+def test_hub_errors_map_to_huggingface_hub_exceptions(live, hub_env, case):
     push(live, case.bundle.to_bytes(), "acme/tiny-lora", "v1")
     with pytest.raises(RevisionNotFoundError):
         snapshot(live, hub_env, "acme/tiny-lora", "v2")
@@ -111,13 +111,10 @@ def test_hub_errors_map_to_huggingface_hub_exceptions(live, hub_env, case, tiny)
         huggingface_hub.hf_hub_download(
             "acme/tiny-lora", "README.md", revision="v1", endpoint=live.url, cache_dir=hub_env, token=False
         )
-    push(live, tiny.data, "full-model")
-    r = httpx.get(f"{live.url}/api/models/full-model/revision/main", timeout=30)
+    r = httpx.get(f"{live.url}/acme/tiny-lora/resolve/v1/model.safetensors", timeout=30)
     # The Hub's error shape on Hub paths: {"error": "<message>"} + X-Error-Code / X-Error-Message.
-    assert r.status_code == 422 and r.headers["x-error-code"] == "not_an_adapter"
-    assert "not an adapter" in r.json()["error"] and "not an adapter" in r.headers["x-error-message"]
-    with pytest.raises(LocalEntryNotFoundError, match="not an adapter"):
-        snapshot(live, hub_env, "full-model")
+    assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
+    assert "no file 'model.safetensors'" in r.json()["error"] and "no file" in r.headers["x-error-message"]
 
 
 def test_rank0_delta_is_not_an_adapter(live, hub_env, delta):
