@@ -123,7 +123,7 @@ async def list_models(
     sort: Annotated[str | None, Query(max_length=32)] = None,
     direction: Annotated[int | None, Query(description="-1: descending")] = None,
     full: bool = False,
-    cardData: bool = False,  # noqa: N803 - the Hub's parameter name
+    cardData: bool = False,  # the Hub's parameter name
     config: bool = False,
     expand: Annotated[list[str], Query(max_length=64, description="accepted; every field is listed")] = [],  # noqa: B006
     cursor: Annotated[str | None, Query(max_length=1024)] = None,

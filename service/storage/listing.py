@@ -146,9 +146,7 @@ class ListingQueries:
             for n, r in first.items()
         ]
 
-    def repo_history(
-        self, name: str, *, limit: int, before: tuple[float, str] | None = None
-    ) -> list[CommitRecord]:
+    def repo_history(self, name: str, *, limit: int, before: tuple[float, str] | None = None) -> list[CommitRecord]:
         """The distinct commits ``name``'s tags point at, newest push first (ties: commit id
         descending), at most ``limit``, those strictly before ``before`` = ``(updated_at, commit)`` (the
         cursor: the previous page's last). Grouped over the name's tags (``tags_name_commit`` index)."""
