@@ -16,9 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+    union_all,
+)
 
 from service.storage.schema import base_names, bases, bundles, tags
 
@@ -68,21 +83,98 @@ class CommitRecord:
     first_tag: str
 
 
-def _name_conds(col: Any, *, after: str | None, descending: bool, search: str | None, author: str | None) -> list[Any]:
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _name_conds(col: Any, *, after: bool, descending: bool, search: bool, author: bool, bounded: bool) -> list[Any]:
+    """Conditions on ``col`` with bound parameters ``after``, ``pattern``, ``org``, ``org_like``, ``org_end``.
+
+    ``author``: ``col >= "org/"`` (an index start in every collation: a string sorts after its
+    prefix) and ``LIKE "org/%"`` (exact); ``bounded`` adds ``col < "org0"`` (``'0'`` follows ``'/'``),
+    which ends the index range only where names sort bytewise (SQLite; PostgreSQL in a C collation).
+    """
     conds: list[Any] = []
-    if after is not None:
-        conds.append(col < after if descending else col > after)
+    if after:
+        conds.append(col < bindparam("after") if descending else col > bindparam("after"))
     if search:
-        conds.append(col.icontains(search, autoescape=True))
+        conds.append(col.ilike(bindparam("pattern"), escape="\\"))
     if author:
-        conds.append(col.startswith(author + "/", autoescape=True))
+        conds += [col >= bindparam("org"), col.like(bindparam("org_like"), escape="\\")]
+        if bounded:
+            conds.append(col < bindparam("org_end"))
     return conds
+
+
+@lru_cache(maxsize=64)
+def _list_statement(after: bool, descending: bool, search: bool, author: bool, bounded: bool) -> Any:
+    """The ``list_repos`` statement for one combination of conditions, built once (building the
+    subqueries costs more than running them); parameters ``limit`` and those of ``_name_conds``."""
+    order = (lambda c: c.desc()) if descending else (lambda c: c.asc())
+    flags = {"after": after, "descending": descending, "search": search, "author": author, "bounded": bounded}
+    n = bindparam("limit", type_=Integer)
+    page = (
+        select(tags.c.name)
+        .where(*_name_conds(tags.c.name, **flags))
+        .group_by(tags.c.name)
+        .order_by(order(tags.c.name))
+        .limit(n)
+        .subquery()
+    )
+    # main: the tag "main", else the newest push, ties to the first tag name (MetadataStore.main_tag)
+    rank = func.row_number().over(
+        partition_by=tags.c.name,
+        order_by=[case((tags.c.tag == "main", 0), else_=1), tags.c.updated_at.desc(), tags.c.tag],
+    )
+    ranked = (
+        select(
+            tags.c.name,
+            tags.c.commit,
+            tags.c.digest,
+            bundles.c.mode,
+            bundles.c.created_at,
+            func.max(tags.c.updated_at).over(partition_by=tags.c.name).label("updated_at"),
+            rank.label("rank"),
+        )
+        .join(bundles, bundles.c.digest == tags.c.digest)
+        .where(tags.c.name.in_(select(page.c.name)))
+        .subquery()
+    )
+    heads = select(
+        ranked.c.name,
+        literal_column("'bundles'").label("kind"),
+        ranked.c.commit,
+        ranked.c.digest,
+        ranked.c.mode,
+        ranked.c.created_at,
+        ranked.c.updated_at,
+    ).where(ranked.c.rank == 1)
+    based = (
+        select(
+            base_names.c.name,
+            literal_column("'bases'").label("kind"),
+            base_names.c.commit,
+            base_names.c.digest,
+            null().label("mode"),
+            bases.c.created_at,
+            base_names.c.updated_at,
+        )
+        .join(bases, bases.c.digest == base_names.c.digest)
+        .where(*_name_conds(base_names.c.name, **flags))
+        .order_by(order(base_names.c.name))
+        .limit(n)
+        .subquery()
+    )
+    both = union_all(heads, select(based)).subquery()
+    return select(both).order_by(order(both.c.name)).limit(n)
 
 
 class ListingQueries:
     """The listing reads of ``MetadataStore`` (which supplies ``_tx``)."""
 
     _tx: Callable[..., AbstractContextManager[Connection]]  # MetadataStore's transaction
+    engine: Engine
+    _bytewise: bool | None
 
     def list_repos(
         self,
@@ -95,56 +187,36 @@ class ListingQueries:
     ) -> list[RepoSummary]:
         """Hub repos (bundle names and named bases) in id order (``descending``: reversed), at most
         ``limit``: ids after ``after`` (the cursor: the last id of the previous page), containing
-        ``search`` (any case), in org ``author`` (``author/...``). Three bounded queries."""
-        order = (lambda c: c.desc()) if descending else (lambda c: c.asc())
-        named = (
-            select(tags.c.name)
-            .where(*_name_conds(tags.c.name, after=after, descending=descending, search=search, author=author))
-            .group_by(tags.c.name)
-            .order_by(order(tags.c.name))
-            .limit(limit)
-        )
-        based = (
-            select(base_names.c.name, base_names.c.commit, base_names.c.digest, base_names.c.updated_at)
-            .add_columns(bases.c.created_at)
-            .join(bases, bases.c.digest == base_names.c.digest)
-            .where(*_name_conds(base_names.c.name, after=after, descending=descending, search=search, author=author))
-            .order_by(order(base_names.c.name))
-            .limit(limit)
-        )
-        with self._tx(write=False) as conn:
-            names = [r.name for r in conn.execute(named)]
-            out = [RepoSummary(r.name, "bases", r.commit, r.digest, None, float(r.created_at), float(r.updated_at))
-                   for r in conn.execute(based)]  # fmt: skip
-            # Merge the two ordered lists and keep the page's first `limit`, then read only their heads.
-            keep = set(sorted(names + [s.name for s in out], reverse=descending)[:limit])
-            out = [s for s in out if s.name in keep]
-            out += self._heads(conn, [n for n in names if n in keep])
-        return sorted(out, key=lambda s: s.name, reverse=descending)
+        ``search`` (any case), in org ``author`` (``author/...``).
 
-    @staticmethod
-    def _heads(conn: Connection, names: list[str]) -> list[RepoSummary]:
-        """``main`` of each bundle repo in ``names``: one query over their tags (primary key range)."""
-        if not names:
-            return []
-        query = (
-            select(tags.c.name, tags.c.tag, tags.c.commit, tags.c.digest, tags.c.updated_at, bundles.c.mode)
-            .add_columns(bundles.c.created_at)
-            .join(bundles, bundles.c.digest == tags.c.digest)
-            .where(tags.c.name.in_(names))
-            .order_by(tags.c.name, tags.c.updated_at.desc(), tags.c.tag)
-        )
-        first: dict[str, Any] = {}  # per name: its newest push (ties: the first tag name), or its tag main
-        newest: dict[str, float] = {}
-        for r in conn.execute(query):
-            if r.name not in first:
-                first[r.name], newest[r.name] = r, r.updated_at
-            elif r.tag == "main":
-                first[r.name] = r
-        return [
-            RepoSummary(n, "bundles", r.commit, r.digest, r.mode, float(r.created_at), float(newest[n]))
-            for n, r in first.items()
-        ]
+        One statement: the page's bundle names (an index range of ``tags``, grouped), their heads
+        (``main`` ranked per name by a window over just those names' tags), and the named bases of
+        the same range, merged in id order."""
+        bounded = self._bytewise_names()
+        query = _list_statement(after is not None, descending, bool(search), bool(author), bounded)
+        params: dict[str, Any] = {"limit": limit, "after": after}
+        if search:
+            params["pattern"] = f"%{_like_escape(search)}%"
+        if author:
+            params.update(org=f"{author}/", org_like=f"{_like_escape(author)}/%", org_end=f"{author}0")
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query, {k: v for k, v in params.items() if v is not None})
+            return [RepoSummary(r[0], r[1], r[2], r[3], r[4], float(r[5]), float(r[6])) for r in rows]
+
+    def _bytewise_names(self) -> bool:
+        """Whether names sort bytewise here (SQLite's BINARY; PostgreSQL's C / POSIX / C.UTF-8
+        collations), read once: only then does an ``author`` page end its index range at ``org0``."""
+        cached = getattr(self, "_bytewise", None)
+        if cached is None:
+            if self.engine.dialect.name != "postgresql":
+                cached = True
+            else:
+                with self._tx(write=False) as conn:
+                    q = "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+                    collate = str(conn.execute(text(q)).scalar_one())
+                cached = collate in ("C", "POSIX") or collate.lower() in ("c.utf-8", "c.utf8")
+            self._bytewise = cached
+        return cached
 
     def repo_history(self, name: str, *, limit: int, before: tuple[float, str] | None = None) -> list[CommitRecord]:
         """The distinct commits ``name``'s tags point at, newest push first (ties: commit id
