@@ -184,8 +184,8 @@ def list_refs_org(org: str, name: str, store: StoreDep) -> dict[str, Any]:
 
 
 def _entry(repo_id: str, c: CommitRecord, exact: bool, formatted: bool) -> dict[str, Any]:
-    more = f" (and {c.tags - 1} more tag{'s' if c.tags > 2 else ''})" if c.tags > 1 else ""
-    title = f"push {repo_id}:{c.first_tag}{more}"
+    more = f" (+{c.tags - 1} more tag{'s' if c.tags > 2 else ''})" if c.tags > 1 else ""
+    title = f"{repo_id}:{c.first_tag}{more}"  # the tags pointing at it now (the first by name)
     kind = "adapter" if c.mode == "delta" else "whole model" if c.mode == "full" else "base"
     message = f"sha256:{c.digest} ({kind})" + (", float32 tensors" if exact else "")
     out: dict[str, Any] = {
