@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_files: int = Field(64, ge=0, le=1000)  # files attached to one tag or named base; beyond: 400
     # Adapters larger than adapter_cache_bytes are kept on local disk under data_dir (LRU), up to this.
     adapter_disk_bytes: int = Field(4 << 30, ge=0)
+    # Hub listing (GET /api/models, /commits): the most items a page holds; a client's limit= above it
+    # gets pages of this size, each with a Link to the next (docs/service.md "Hub listing").
+    hub_page_size: int = Field(1000, ge=1, le=1000)
 
     @field_validator("redis_url", "api_tokens", "database_url", "blob_url", "s3_endpoint_url", mode="before")
     @classmethod

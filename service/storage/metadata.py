@@ -15,7 +15,7 @@ Hub repos (``service/hub``): a tag's sidecar files are written in the transactio
 tag and define its commit id together with the digest (``refs.commit_id``), so a revision, its
 files and its commit never disagree. A name is either a bundle repo (tags) or a named base, never
 both. ``main`` (``main_tag``) is the tag called ``main`` if the name has one, else the tag pushed
-most recently.
+most recently. The Hub listing's keyset reads are ``ListingQueries`` (``listing.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from service.errors import (
     StoreConfigError,
 )
 from service.storage import migrate
+from service.storage.listing import ListingQueries
 from service.storage.refs import BaseNameRecord, BaseRecord, BundleRecord, FileRecord, Ref, TagRecord, commit_id
 from service.storage.schema import base_files, base_names, bases, bundles, files, tag_files, tags
 
@@ -92,7 +93,7 @@ def _sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("mcnc_write") else "BEGIN")
 
 
-class MetadataStore:
+class MetadataStore(ListingQueries):
     """Bundle, base and tag records in the database at ``url``.
 
     Args:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".venv-hub"
+#: The huggingface_hub releases the engines install, besides the main venv's 2.x: 0.23.5 (LoRAX pins
+#: ^0.23.2), 0.25.2 (within vLLM's 0.x range), 0.36.2 (the newest 0.x, what a current vLLM resolves).
+VERSIONS = ("0.23.5", "0.25.2", "0.36.2")
 
 
 def hub_python(version: str) -> Path:
