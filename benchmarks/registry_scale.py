@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
+from benchmarks import registry_fleet as fleet  # noqa: E402
 from service.storage.metadata import MetadataStore  # noqa: E402
 from service.storage.refs import BundleRecord  # noqa: E402
 from service.storage.schema import bundles, tags  # noqa: E402
@@ -200,34 +201,61 @@ def report(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2,000 rows, 50 pushes, 200 samples per read")
+    p.add_argument("--quick", action="store_true", help="metadata: 2,000 rows; fleet: 40 tiny adapters, 8 readers")
+    p.add_argument("--parts", default="metadata,fleet", help="comma-separated: metadata, fleet")
     p.add_argument("--rows", type=int, default=None)
     p.add_argument("--pushes", type=int, default=None)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres", help="'' to skip")
     p.add_argument("--json", type=Path)
+    f = p.add_argument_group("fleet (benchmarks/registry_fleet.py)")
+    f.add_argument("--fleet-n", type=int, default=None, help="adapters pushed (default 10,000; quick 40)")
+    f.add_argument("--shape", choices=sorted(fleet.SHAPES), default=None, help="default llama2-7b; quick tiny")
+    f.add_argument("--readers", type=int, default=None, help="concurrent readers (default 32; quick 8)")
+    f.add_argument("--hot", type=int, default=None, help="repos fetched cold, then warm (default 64; quick 8)")
+    f.add_argument("--warm-fetches", type=int, default=None, help="warm fetches per reader per round (default 8)")
+    f.add_argument("--rounds", type=int, default=None, help="warm/nginx rounds, alternating (default 3; quick 2)")
+    f.add_argument("--pushers", type=int, default=4, help="concurrent push clients")
+    f.add_argument("--client", choices=("socket", "httpx"), default="socket")
+    f.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="the server's tier 2 ('' for none)")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= {"metadata", "fleet"}:
+        p.error(f"--parts takes metadata and/or fleet, got {args.parts!r}")
     rows = args.rows or (2_000 if args.quick else 100_000)
     pushes_n = args.pushes or (50 if args.quick else 500)
     samples = args.samples or (200 if args.quick else 2000)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="mcnc-scale-") as tmp:
-        path = Path(tmp) / "meta.sqlite"
-        store = MetadataStore(f"sqlite:///{path}", auto_upgrade=True)
-        try:
-            results.append(measure(store, rows, pushes_n, samples, path))
-        finally:
-            store.close()
-    pg = postgres_store(args.pg) if args.pg else None
-    if pg is not None:
-        store, drop = pg
-        try:
-            results.append(measure(store, rows, pushes_n, samples, None))
-        finally:
-            drop()
-    report(results)
+    results: list[dict[str, Any]] = []
+    fleet_out: dict[str, Any] | None = None
+    if "metadata" in parts:
+        with tempfile.TemporaryDirectory(prefix="mcnc-scale-") as tmp:
+            path = Path(tmp) / "meta.sqlite"
+            store = MetadataStore(f"sqlite:///{path}", auto_upgrade=True)
+            try:
+                results.append(measure(store, rows, pushes_n, samples, path))
+            finally:
+                store.close()
+        pg = postgres_store(args.pg) if args.pg else None
+        if pg is not None:
+            store, drop = pg
+            try:
+                results.append(measure(store, rows, pushes_n, samples, None))
+            finally:
+                drop()
+        report(results)
+    if "fleet" in parts:
+        q = args.quick
+        args.fleet_n = args.fleet_n or (40 if q else 10_000)
+        args.shape = args.shape or ("tiny" if q else "llama2-7b")
+        args.readers = args.readers or (8 if q else 32)
+        args.hot = args.hot or (8 if q else 64)
+        args.warm_fetches = args.warm_fetches or (2 if q else 8)
+        args.rounds = args.rounds or (2 if q else 3)
+        with tempfile.TemporaryDirectory(prefix="mcnc-fleet-") as tmp:
+            fleet_out = fleet.run(args, Path(tmp))
+        fleet.report(fleet_out)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"metadata": results, "fleet": fleet_out}, indent=2))
     return 0
 
 
