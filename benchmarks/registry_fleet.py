@@ -189,39 +189,86 @@ def dir_bytes(path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------ pushes
-def push_all(url: str, tpl: Template, n: int, pushers: int) -> dict[str, float]:
-    """Every name's ``v1`` (new bytes), then its ``v2`` and every third's ``main`` (the same bytes)."""
+def _push(url: str, tpl: Template, jobs: list[tuple[int, str]], expect: int, pushers: int) -> tuple[float, dict]:
+    """``POST /bundles?name=&tag=`` of each job's bytes by ``pushers`` clients: (pushes/s, digest by index)."""
+    q: queue.SimpleQueue[tuple[int, str] | None] = queue.SimpleQueue()
+    for job in jobs:
+        q.put(job)
+    failures: list[str] = []
+    digests: dict[int, str] = {}
 
-    def run(jobs: list[tuple[int, str]], expect: int) -> float:
-        q: queue.SimpleQueue[tuple[int, str] | None] = queue.SimpleQueue()
-        for job in jobs:
-            q.put(job)
-        failures: list[str] = []
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while (job := q.get()) is not None:
+                i, tag = job
+                r = c.post("/bundles", params={"name": repo(i), "tag": tag}, content=tpl.variant(i),
+                           headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+                if r.status_code != expect:
+                    failures.append(f"{repo(i)}:{tag} -> {r.status_code} {r.text[:200]}")
+                else:
+                    digests[i] = r.json()["digest"].removeprefix("sha256:")
 
-        def worker() -> None:
-            with httpx.Client(base_url=url, timeout=120) as c:
-                while (job := q.get()) is not None:
-                    i, tag = job
-                    r = c.post("/bundles", params={"name": repo(i), "tag": tag}, content=tpl.variant(i),
-                               headers={"Content-Type": "application/octet-stream"})  # fmt: skip
-                    if r.status_code != expect:
-                        failures.append(f"{repo(i)}:{tag} -> {r.status_code} {r.text[:200]}")
+    threads = [threading.Thread(target=worker) for _ in range(pushers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        q.put(None)
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - t0
+    if failures:
+        raise RuntimeError(f"{len(failures)} pushes failed, first: {failures[0]}")
+    return len(jobs) / secs, digests
 
-        threads = [threading.Thread(target=worker) for _ in range(pushers)]
-        t0 = time.perf_counter()
-        for t in threads:
-            q.put(None)
-            t.start()
-        for t in threads:
-            t.join()
-        secs = time.perf_counter() - t0
-        if failures:
-            raise RuntimeError(f"{len(failures)} pushes failed, first: {failures[0]}")
-        return len(jobs) / secs
 
-    first = run([(i, "v1") for i in range(n)], 201)
-    again = [(i, "v2") for i in range(n)] + [(i, "main") for i in range(0, n, 3)]
-    return {"push_bundles_per_s": first, "tag_pushes_per_s": run(again, 200), "tags": n + len(again)}
+def push_all(url: str, db_url: str, tpl: Template, n: int, pushers: int, tag_pushes: int) -> dict[str, float]:
+    """Every name's ``v1`` over HTTP (new bytes); then ``v2`` and every third's ``main``: over HTTP (the
+    same bytes again: the server dedups) for the first ``tag_pushes`` names, inserted into the tags table
+    for the others (time: a tag push costs what a push does)."""
+    from sqlalchemy import create_engine, insert
+
+    from service.storage.schema import tags
+
+    first, digests = _push(url, tpl, [(i, "v1") for i in range(n)], 201, pushers)
+    extra = [(i, t) for i in range(n) for t in (("v2", "main") if i % 3 == 0 else ("v2",))]
+    over_http = [j for j in extra if j[0] < tag_pushes]
+    again, _ = _push(url, tpl, over_http, 200, pushers) if over_http else (float("nan"), {})
+    now = time.time()
+    rows = [{"name": repo(i), "tag": t, "digest": digests[i], "updated_at": now} for i, t in extra if i >= tag_pushes]
+    if rows:
+        eng = create_engine(db_url)
+        try:
+            with eng.begin() as conn:
+                for lo in range(0, len(rows), 5000):
+                    conn.execute(insert(tags), rows[lo : lo + 5000])
+        finally:
+            eng.dispose()
+    return {"push_bundles_per_s": first, "tag_pushes_per_s": again, "tag_pushes": len(over_http),
+            "tags": n + len(extra), "tags_inserted": len(rows)}  # fmt: skip
+
+
+def request_breakdown(port: int, name: str, repeats: int) -> dict[str, float]:
+    """Median ms of each request of one warm hub fetch, alone on one connection (no concurrency)."""
+    conn = SocketConn(port)
+    times: dict[str, list[float]] = {}
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _, _, body, _ = conn.request("GET", f"/api/models/{name}/revision/main")
+            sha = json.loads(body)["sha"]
+            t1 = time.perf_counter()
+            _, _, body, _ = conn.request("GET", f"/api/models/{name}/tree/{sha}?recursive=true&expand=false")
+            t2 = time.perf_counter()
+            times.setdefault("model_info", []).append(t1 - t0)
+            times.setdefault("tree", []).append(t2 - t1)
+            for f in json.loads(body):
+                for method in ("HEAD", "GET"):
+                    t0 = time.perf_counter()
+                    conn.request(method, f"/{name}/resolve/{sha}/{f['path']}")
+                    times.setdefault(f"{method} {f['path']}", []).append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -445,9 +492,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             srv = mcnc_server(work / "data", **env)
             servers.append(srv)
             url = f"http://127.0.0.1:{srv.ports['mcnc']}"
-            out.update(push_all(url, tpl, n, args.pushers))
-            print(f"# fleet: pushed {n:,} bundles at {out['push_bundles_per_s']:.0f}/s, {out['tags']:,} tags "
-                  f"(tag pushes {out['tag_pushes_per_s']:.0f}/s)", flush=True)  # fmt: skip
+            out.update(push_all(url, db_url, tpl, n, args.pushers, args.tag_pushes))
+            print(f"# fleet: pushed {n:,} bundles at {out['push_bundles_per_s']:.1f}/s, {out['tags']:,} tags "
+                  f"({out['tag_pushes']:,} tag pushes at {out['tag_pushes_per_s']:.1f}/s, "
+                  f"{out['tags_inserted']:,} inserted)", flush=True)  # fmt: skip
             out["db_bytes"], out["blob_bytes"] = db_bytes(db_url), dir_bytes(work / "blobs")
             cold = readers(srv.ports["mcnc"], srv.proc.pid, hot, args.readers, fetch_hub, args.client)
             out["cold"] = cold
@@ -471,6 +519,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     out[what].append(readers(port, pid, jobs, args.readers, fetch, args.client))
                 print(f"# fleet: round {r + 1}/{args.rounds}: warm {out['warm'][-1]['adapters_per_s']:.1f}, "
                       f"nginx {out['nginx'][-1]['adapters_per_s']:.1f} adapters/s", flush=True)  # fmt: skip
+            out["requests_ms"] = request_breakdown(srv.ports["mcnc"], hot[0], 20)
         finally:
             for s in reversed(servers):
                 s.close()
@@ -523,6 +572,8 @@ def report(out: dict[str, Any]) -> None:
     print(f"  warm / nginx {s['warm_ratio_median']:.2f} (rounds {per}): target >= {WARM_TARGET}: "
           f"{'met' if s['warm_met'] else 'MISSED'}")  # fmt: skip
     print(f"  cold / nginx {s['cold_ratio']:.2f}: target >= {COLD_TARGET}: {'met' if s['cold_met'] else 'MISSED'}")
+    cells = ", ".join(f"{k} {v:.1f}" for k, v in out["requests_ms"].items())
+    print(f"  one warm fetch's requests alone on one connection, median ms: {cells}")
     b = out["breakdown"]
     print(f"  one export here ({b['torch_threads']} torch threads): decode + safetensors "
           f"{b['decode_and_assemble_ms']:.0f} ms, sha256 {b['sha256_ms']:.0f} ms, "
