@@ -1,7 +1,8 @@
-"""Registry metadata at fleet scale: push rate and query p99 at 100,000 rows, SQLite and PostgreSQL.
+"""Registry at fleet scale: metadata at 100,000 rows (SQLite, PostgreSQL) and 10,000 adapters served against nginx.
 
-What this measures (issue 22 §1, the metadata part; the blob, fetch-vs-nginx and bytes-on-disk
-parts are not built yet, see docs/benchmarks.md):
+Two parts (``--parts``, default both; issue 22 §1):
+
+``metadata`` (this file):
 
 - ``MetadataStore`` (``service/storage/metadata.py``, the server's one SQLAlchemy store) on a
   fresh SQLite file and on a fresh PostgreSQL database (``--pg``, trust auth; skipped, and said
@@ -15,8 +16,13 @@ parts are not built yet, see docs/benchmarks.md):
 - each read's query plan (``EXPLAIN``), printed with a verdict: index or full scan;
 - the metadata's size on disk (SQLite file; ``pg_total_relation_size`` of the tables).
 
-    python benchmarks/registry_scale.py                  # 100,000 rows
-    python benchmarks/registry_scale.py --quick          # 2,000 rows; what tests/benchmarks runs
+``fleet`` (``benchmarks/registry_fleet.py``, see its docstring): a live server on PostgreSQL + file
+blobs + Redis filled over HTTP with ``--fleet-n`` adapters (default 10,000 LLaMA-2-7B r=16 q/k/v/o),
+push rate, metadata and blob bytes vs PEFT bf16 files, and ``--readers`` (32) concurrent readers
+making ``snapshot_download``'s requests, cold and warm, against nginx serving the same exported files.
+
+    python benchmarks/registry_scale.py                  # 100,000 rows; 10,000 adapters (~15 min on 2 cores)
+    python benchmarks/registry_scale.py --quick          # 2,000 rows; 16 tiny adapters: what tests/benchmarks runs
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
+from benchmarks import registry_fleet as fleet  # noqa: E402
 from service.storage.metadata import MetadataStore  # noqa: E402
 from service.storage.refs import BundleRecord  # noqa: E402
 from service.storage.schema import bundles, tags  # noqa: E402
@@ -200,34 +207,62 @@ def report(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2,000 rows, 50 pushes, 200 samples per read")
+    p.add_argument("--quick", action="store_true", help="metadata: 2,000 rows; fleet: 16 tiny adapters, 4 readers")
+    p.add_argument("--parts", default="metadata,fleet", help="comma-separated: metadata, fleet")
     p.add_argument("--rows", type=int, default=None)
     p.add_argument("--pushes", type=int, default=None)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres", help="'' to skip")
     p.add_argument("--json", type=Path)
+    f = p.add_argument_group("fleet (benchmarks/registry_fleet.py)")
+    f.add_argument("--fleet-n", type=int, default=None, help="adapters pushed (default 10,000; quick 16)")
+    f.add_argument("--shape", choices=sorted(fleet.SHAPES), default=None, help="default llama2-7b; quick tiny")
+    f.add_argument("--readers", type=int, default=None, help="concurrent readers (default 32; quick 4)")
+    f.add_argument("--hot", type=int, default=None, help="repos fetched cold, then warm (default 64; quick 4)")
+    f.add_argument("--warm-fetches", type=int, default=None, help="warm fetches per reader per round (default 4)")
+    f.add_argument("--rounds", type=int, default=None, help="warm/nginx rounds, alternating (default 3; quick 2)")
+    f.add_argument("--pushers", type=int, default=4, help="concurrent push clients")
+    f.add_argument("--tag-pushes", type=int, default=1000, help="names whose v2/main go over HTTP; others inserted")
+    f.add_argument("--client", choices=("socket", "httpx"), default="socket")
+    f.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="the server's tier 2 ('' for none)")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= {"metadata", "fleet"}:
+        p.error(f"--parts takes metadata and/or fleet, got {args.parts!r}")
     rows = args.rows or (2_000 if args.quick else 100_000)
     pushes_n = args.pushes or (50 if args.quick else 500)
     samples = args.samples or (200 if args.quick else 2000)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="mcnc-scale-") as tmp:
-        path = Path(tmp) / "meta.sqlite"
-        store = MetadataStore(f"sqlite:///{path}", auto_upgrade=True)
-        try:
-            results.append(measure(store, rows, pushes_n, samples, path))
-        finally:
-            store.close()
-    pg = postgres_store(args.pg) if args.pg else None
-    if pg is not None:
-        store, drop = pg
-        try:
-            results.append(measure(store, rows, pushes_n, samples, None))
-        finally:
-            drop()
-    report(results)
+    results: list[dict[str, Any]] = []
+    fleet_out: dict[str, Any] | None = None
+    if "metadata" in parts:
+        with tempfile.TemporaryDirectory(prefix="mcnc-scale-") as tmp:
+            path = Path(tmp) / "meta.sqlite"
+            store = MetadataStore(f"sqlite:///{path}", auto_upgrade=True)
+            try:
+                results.append(measure(store, rows, pushes_n, samples, path))
+            finally:
+                store.close()
+        pg = postgres_store(args.pg) if args.pg else None
+        if pg is not None:
+            store, drop = pg
+            try:
+                results.append(measure(store, rows, pushes_n, samples, None))
+            finally:
+                drop()
+        report(results)
+    if "fleet" in parts:
+        q = args.quick
+        args.fleet_n = args.fleet_n or (16 if q else 10_000)
+        args.shape = args.shape or ("tiny" if q else "llama2-7b")
+        args.readers = args.readers or (4 if q else 32)
+        args.hot = args.hot or (4 if q else 64)
+        args.warm_fetches = args.warm_fetches or (2 if q else 4)
+        args.rounds = args.rounds or (2 if q else 3)
+        with tempfile.TemporaryDirectory(prefix="mcnc-fleet-") as tmp:
+            fleet_out = fleet.run(args, Path(tmp))
+        fleet.report(fleet_out)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"metadata": results, "fleet": fleet_out}, indent=2))
     return 0
 
 
