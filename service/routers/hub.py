@@ -16,7 +16,6 @@ not here, never checked against its fingerprint; one that failed is never served
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,6 +29,7 @@ from service.deps import AdaptersDep, CatalogDep, EngineDep, StoreDep, require
 from service.engine import Engine
 from service.errors import EntryNotFoundError, InvalidRequestError, PayloadTooLargeError
 from service.http import ranged_response
+from service.hub.dates import hub_date
 from service.hub.files import HubFile, RepoFiles, base_model_name, repo_files
 from service.hub.revisions import MAIN, Revision, resolve
 from service.schemas import HubErrorResponse
@@ -57,10 +57,6 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> Revision:
         RepoNotFoundError, RevisionNotFoundError: as ``resolve``.
     """
     return resolve(store, repo_id, revision)
-
-
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _files(
@@ -117,8 +113,8 @@ def _model_info(store: Store, repo: RepoFiles) -> dict[str, Any]:
         "pipeline_tag": repo.pipeline_tag,
         "tags": tags,
         "cardData": card,
-        "createdAt": _iso(created),
-        "lastModified": _iso(rev.updated_at),
+        "createdAt": hub_date(created),
+        "lastModified": hub_date(rev.updated_at),
         "siblings": [_sibling(f) for f in repo.files.values()],
         "mcnc": {
             "kind": rev.kind,

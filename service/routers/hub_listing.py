@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import html
 import json
 from typing import Annotated, Any
@@ -37,6 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.deps import SettingsDep, StoreDep, require
 from service.errors import InvalidRequestError
+from service.hub.dates import hub_date
 from service.hub.revisions import EXACT_SUFFIX, MAIN, Revision, resolve
 from service.schemas import HubErrorResponse
 from service.storage import Store
@@ -63,13 +63,6 @@ _KINDS = {  # what huggingface_hub reads as library_name / tags, per kind of rep
 }
 
 
-def _iso(ts: float) -> str:
-    """The Hub's date format, milliseconds always present: huggingface_hub 0.23's ``parse_datetime``
-    accepts only ``%Y-%m-%dT%H:%M:%S.%fZ``."""
-    dt = datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
 def _encode(obj: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode().rstrip("=")
 
@@ -94,8 +87,8 @@ def _item(s: RepoSummary, card: bool) -> dict[str, Any]:
         "modelId": s.name,
         "author": s.name.partition("/")[0] if "/" in s.name else None,
         "sha": s.commit,
-        "lastModified": _iso(s.updated_at),
-        "createdAt": _iso(s.created_at),
+        "lastModified": hub_date(s.updated_at),
+        "createdAt": hub_date(s.created_at),
         "private": False,
         "gated": False,
         "disabled": False,
@@ -193,7 +186,7 @@ def _entry(repo_id: str, c: CommitRecord, exact: bool, formatted: bool) -> dict[
         "title": title,
         "message": message,
         "authors": [],
-        "date": _iso(c.updated_at),
+        "date": hub_date(c.updated_at),
     }
     if formatted:
         out["formatted"] = {"title": html.escape(title), "message": html.escape(message)}
