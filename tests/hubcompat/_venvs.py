@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +21,18 @@ def hub_python(version: str) -> Path:
     venv = CACHE / version
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
-    if not stamp.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", f"huggingface_hub=={version}"],
-            check=True,
-            timeout=600,
-        )
-        stamp.write_text(version + "\n")
+    CACHE.mkdir(exist_ok=True)
+    # One builder at a time (parallel test processes share the cache), and a half-built venv from an
+    # interrupted run is removed whole: `venv --clear` refuses some partial trees.
+    with open(CACHE / f".{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", f"huggingface_hub=={version}"],
+                check=True,
+                timeout=600,
+            )
+            stamp.write_text(version + "\n")
     return python
