@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from service.deps import CatalogDep, SettingsDep, StoreDep, require
 from service.errors import BaseNotFoundError
@@ -28,7 +29,8 @@ async def upload_base(request: Request, store: StoreDep, catalog: CatalogDep, se
     check_upload_type(request.headers.get("content-type"), "safetensors file", "/bases")
     async with staged_upload(request, store, settings) as tmp:
         rec, created = await run_in_threadpool(catalog.ingest_base, tmp)
-    return JSONResponse(BasePublic(**vars(rec)).model_dump(), status_code=201 if created else 200)
+    waiting = BackgroundTask(catalog.verify_waiting, rec.digest)  # deltas stored before it (N6), after the answer
+    return JSONResponse(BasePublic(**vars(rec)).model_dump(), status_code=201 if created else 200, background=waiting)
 
 
 _BASE = {"response_class": Response, "responses": binary_responses("the base (safetensors)")}
