@@ -10,8 +10,11 @@ Rules it keeps (every route inherits them by asking it):
   once and keeps it for its whole response, so a delete racing a stream never cuts it (issue 19 N5).
 - **Verify once, remember the outcome**: a stored bundle not yet checked (over the verify limit, or a
   delta stored before its base) is checked in full on first use once its base is here; a pass is
-  recorded in its row (``verified_at``), a failure in this process (``failed``), and nothing that
-  failed is served by any route again (N6). A delta whose base is not here is ``unverified``: its
+  recorded in its row (``verified_at``), a failure too (``verification_failed_at`` and the answer
+  given, migration 0005: a restart or another replica remembers it; this process also keeps it in
+  ``failed``), and nothing that failed is served by any route again (N6). When a base arrives,
+  ``verify_waiting`` checks the deltas stored before it (up to ``MCNC_VERIFY_MAX_PARAMS``; larger
+  ones on first use). A delta whose base is not here is ``unverified``: its
   adapter may be served, flagged as such (``verification``).
 - **Errors**: core errors become service errors here, once (``InvalidBundleError``,
   ``LimitExceededError``, ``FingerprintMismatchError``...).
@@ -22,6 +25,7 @@ The Catalog reaches stores; it decodes only through the ``Reconstructor``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -57,6 +61,7 @@ __all__ = ["TAGS_IN_RECORD", "Catalog", "Verification", "check_bundle_names"]
 
 TAGS_IN_RECORD = 100  # a bundle's record lists this many of its tags; GET /models?digest= pages through all
 Verification = Literal["verified", "unverified", "failed"]
+log = logging.getLogger("mcnc.service")
 _PARSED = 16  # parsed bundles kept (LRU)
 _FAILED = 10_000  # failed verifications remembered (LRU): digests only, a few MB at most
 # Characters no tensor name or metadata value may hold: control characters (NUL, newline...) end up in
@@ -96,6 +101,22 @@ def check_bundle_names(bundle: Bundle) -> None:
             raise InvalidBundleError(
                 f"metadata {key.encode('utf-8', 'backslashreplace').decode()!r} {problem}: metadata must be UTF-8 text"
             )
+
+
+_FAILURE_TYPES: dict[str, type[ServiceError]] = {
+    FingerprintMismatchError.code: FingerprintMismatchError,
+    InvalidBundleError.code: InvalidBundleError,
+}
+
+
+def _stored_failure(rec: BundleRecord) -> ServiceError:
+    """The error recorded with ``rec``'s failed verification (422 ``fingerprint_mismatch`` when its
+    text is unreadable: a failure is a failure)."""
+    try:
+        data = json.loads(rec.verification_error or "")
+        return _FAILURE_TYPES.get(data["code"], FingerprintMismatchError)(str(data["message"]))
+    except (ValueError, KeyError, TypeError):
+        return FingerprintMismatchError(f"sha256:{rec.digest} failed its fingerprint check")
 
 
 class _LazyBase(Mapping[str, Tensor]):
@@ -335,6 +356,8 @@ class Catalog:
     def verification(self, rec: BundleRecord) -> Verification:
         """``verified`` (its weights matched its fingerprint), ``failed`` (they did not: never served),
         or ``unverified`` (not checked yet: ``ensure_verified`` checks it once its base is here)."""
+        if rec.verification_failed_at is not None:
+            return "failed"
         with self._lock:
             if rec.digest in self._failed:
                 return "failed"
@@ -363,15 +386,22 @@ class Catalog:
             ) from exc
 
     def _failure(self, digest: str, error: ServiceError) -> ServiceError:
+        """Remember ``error`` for ``digest`` here and in its row (a no-op for an upload not stored)."""
         with self._lock:
             self._failed[digest] = error
             while len(self._failed) > _FAILED:
                 self._failed.popitem(last=False)
+        try:
+            self.store.meta.mark_failed(digest, time.time(), error.code, error.message)
+        except ServiceError:  # the database is down: this process still remembers it
+            log.warning("could not record the failed verification of sha256:%s", digest, exc_info=True)
         return error
 
-    def _raise_if_failed(self, digest: str) -> None:
+    def _raise_if_failed(self, digest: str, rec: BundleRecord | None = None) -> None:
         with self._lock:
             known = self._failed.get(digest)
+        if known is None and rec is not None and rec.verification_failed_at is not None:
+            known = _stored_failure(rec)
         if known is not None:
             raise type(known)(f"{known.message} (checked before: sha256:{digest} is never served)")
 
@@ -384,7 +414,7 @@ class Catalog:
             FingerprintMismatchError, InvalidBundleError: (422) it failed, now or before.
             InsufficientMemoryError: a tensor over the memory budget.
         """
-        self._raise_if_failed(rec.digest)
+        self._raise_if_failed(rec.digest, rec)
         if rec.verified_at is not None:
             return "verified"
         if not self.base_here(rec):
@@ -393,8 +423,8 @@ class Catalog:
             lock = self._verify_locks.setdefault(rec.digest, threading.Lock())
         try:
             with lock:
-                self._raise_if_failed(rec.digest)
                 fresh = self.store.meta.get_bundle(rec.digest)
+                self._raise_if_failed(rec.digest, fresh)  # another replica may have checked it meanwhile
                 if fresh is None or fresh.verified_at is not None:
                     return "verified"
                 self._verify(rec.digest, self.bundle(rec.digest))
@@ -403,6 +433,25 @@ class Catalog:
         finally:  # also when it failed: a refused bundle must not leave its lock behind
             with self._lock:
                 self._verify_locks.pop(rec.digest, None)
+
+    def verify_waiting(self, base_digest: str) -> int:
+        """Check the deltas stored before their base ``base_digest`` arrived (called after a base is
+        registered, in a worker thread; each decode under the Reconstructor's budget and slots), up
+        to ``MCNC_VERIFY_MAX_PARAMS`` each (larger ones are checked on first use). Each outcome is
+        recorded; returns how many were checked. Never raises for a bundle's failure."""
+        checked = 0
+        for rec in self.store.meta.awaiting_verification(base_digest):
+            if rec.num_params > self.settings.verify_max_params:
+                continue
+            try:
+                self.ensure_verified(rec)
+            except (FingerprintMismatchError, InvalidBundleError) as exc:
+                log.info("sha256:%s failed its verification once its base arrived: %s", rec.digest, exc.message)
+            except ServiceError as exc:  # busy, memory: it is checked on first use instead
+                log.info("sha256:%s not checked after its base arrived (%s): on first use", rec.digest, exc.code)
+                continue
+            checked += 1
+        return checked
 
     # delete
     def delete(self, digest: str, *, force: bool) -> None:

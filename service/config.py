@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # client has the proxy's IP: set it to max_connections there (and cap clients in the proxy).
     max_client_connections: int = Field(64, ge=1)
     max_concurrent_uploads: int = Field(16, ge=1)  # beyond: 503 too_many_uploads + Retry-After
+    # Uploads one remote IP may have in progress at once; beyond: 429 too_many_client_uploads (issue 19 N8).
+    # Behind a reverse proxy every client has the proxy's IP: set it to max_concurrent_uploads there.
+    max_client_uploads: int = Field(4, ge=1)
     staging_bytes: int = Field(4 << 30, ge=1)  # upload bytes staged on local disk at once; beyond: 507
     shutdown_timeout: float = Field(10.0, ge=0)  # on SIGTERM, requests still running are cut after this
     # A response piece (up to 4 MiB) the client does not take within this is the end of its connection:

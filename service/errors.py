@@ -29,6 +29,7 @@
     ├── NotAnAdapterError              422 not_an_adapter: no exact PEFT LoRA form (full mode, rank 0)
     ├── RateLimitedError               429 rate_limited (Retry-After)
     ├── BusyError                      429 busy (Retry-After)
+    ├── TooManyClientUploadsError      429 too_many_client_uploads (Retry-After): MCNC_MAX_CLIENT_UPLOADS
     ├── StorageUnavailableError        503 storage_unavailable: the database or blob store failed
     ├── InsufficientMemoryError        507 insufficient_memory: a tensor over the reconstruction memory budget
     ├── TooManyUploadsError            503 too_many_uploads (Retry-After): MCNC_MAX_CONCURRENT_UPLOADS
@@ -94,6 +95,7 @@ __all__ = [
     "StagingFullError",
     "StorageUnavailableError",
     "StoreConfigError",
+    "TooManyClientUploadsError",
     "TooManyUploadsError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
@@ -223,6 +225,10 @@ class RateLimitedError(ServiceError):
 
 class BusyError(ServiceError):
     status, code = 429, "busy"
+
+
+class TooManyClientUploadsError(ServiceError):
+    status, code = 429, "too_many_client_uploads"
 
 
 class StorageUnavailableError(ServiceError):

@@ -25,14 +25,16 @@ _BUFFER = 1 << 20
 
 async def receive_body(request: Request, store: Store, settings: Settings, slot: UploadSlot) -> Staged:
     """Stream the request body into a staged temp file, refusing past ``MCNC_MAX_UPLOAD_BYTES`` (413),
-    past the staging budget ``slot`` draws on (507), when no byte comes for ``MCNC_READ_TIMEOUT``, or when
+    past the staging budget ``slot`` draws on (507: reserved as bytes arrive, so a large declared
+    ``Content-Length`` sent slowly holds only what it sent; one over the whole budget is refused at once),
+    when no byte comes for ``MCNC_READ_TIMEOUT``, or when
     the whole body has not come within ``MCNC_UPLOAD_DEADLINE`` (408)."""
     limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit():
         if int(declared) > limit:
             raise PayloadTooLargeError(f"body is {declared} bytes, over the limit of {limit} (MCNC_MAX_UPLOAD_BYTES)")
-        slot.reserve_total(int(declared))  # refused before a byte is written
+        slot.check_declared(int(declared))  # one that could never fit: refused before a byte is written
     loop = asyncio.get_running_loop()
     tmp = await run_in_threadpool(store.stage)
     try:
@@ -84,7 +86,7 @@ async def staged_upload(request: Request, store: Store, settings: Settings) -> A
     """The request body staged on local disk, within the upload budgets (``receive_body``); the
     upload's slot and staging bytes are released on exit, when the caller has stored or refused it."""
     budget: UploadBudget = request.app.state.uploads
-    with budget.slot() as slot:
+    with budget.slot(request.client.host if request.client else None) as slot:
         tmp = await receive_body(request, store, settings, slot)
         try:
             yield tmp

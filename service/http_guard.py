@@ -28,6 +28,7 @@ from service.errors import (
     HostNotAllowedError,
     StagingFullError,
     StalledReaderError,
+    TooManyClientUploadsError,
     TooManyUploadsError,
     error_response,
 )
@@ -129,19 +130,32 @@ def _same_origin(origin: str, scheme: str, host: str) -> bool:
 
 
 class UploadBudget:
-    """Uploads in progress and the bytes they have staged on local disk, bounded per process.
+    """Uploads in progress, per process and per client (remote IP), and the bytes they have staged on
+    local disk, reserved as they arrive (never on the declared ``Content-Length``: clients declaring
+    a large body and sending it slowly hold only what they sent, N3).
 
     Used from the event loop only (no lock: nothing awaits between a check and its update).
     """
 
-    def __init__(self, max_uploads: int, max_bytes: int) -> None:
+    def __init__(self, max_uploads: int, max_bytes: int, max_client_uploads: int | None = None) -> None:
         self.max_uploads, self.max_bytes = max_uploads, max_bytes
+        self.max_client_uploads = max_client_uploads or max_uploads
         self.uploads = 0
         self.staged = 0
+        self.by_client: dict[str, int] = {}
 
     @contextmanager
-    def slot(self) -> Iterator[UploadSlot]:
-        """One upload's place; 503 ``too_many_uploads`` when all are taken. Releases its bytes on exit."""
+    def slot(self, client: str | None = None) -> Iterator[UploadSlot]:
+        """One upload's place: 429 ``too_many_client_uploads`` when ``client`` has
+        ``MCNC_MAX_CLIENT_UPLOADS`` in progress, 503 ``too_many_uploads`` when all the server's are taken.
+        Releases its bytes on exit."""
+        held = self.by_client.get(client, 0) if client is not None else 0
+        if client is not None and held >= self.max_client_uploads:
+            raise TooManyClientUploadsError(
+                f"client {client} already has {held} uploads in progress, the most one client may have "
+                "(MCNC_MAX_CLIENT_UPLOADS): finish one, then retry",
+                headers={"Retry-After": "5"},
+            )
         if self.uploads >= self.max_uploads:
             raise TooManyUploadsError(
                 f"{self.uploads} uploads are in progress, the most this server takes at once "
@@ -149,19 +163,37 @@ class UploadBudget:
                 headers={"Retry-After": "5"},
             )
         self.uploads += 1
+        if client is not None:
+            self.by_client[client] = held + 1
         slot = UploadSlot(self)
         try:
             yield slot
         finally:
             self.uploads -= 1
             self.staged -= slot.reserved
+            if client is not None:
+                left = self.by_client.get(client, 1) - 1
+                if left > 0:
+                    self.by_client[client] = left
+                else:
+                    self.by_client.pop(client, None)
 
 
 class UploadSlot:
-    """The staging bytes one upload holds; ``reserve`` before writing them."""
+    """The staging bytes one upload holds; ``reserve_total`` before writing them."""
 
     def __init__(self, budget: UploadBudget) -> None:
         self.budget, self.reserved = budget, 0
+
+    def check_declared(self, declared: int) -> None:
+        """507 ``staging_full`` at once for a body that could never fit (over the whole budget); a body
+        that could is reserved only as its bytes arrive."""
+        budget = self.budget
+        if declared > budget.max_bytes:
+            raise StagingFullError(
+                f"the body is {declared} bytes, more than all {budget.max_bytes} bytes of staging space "
+                "(MCNC_STAGING_BYTES): ask the operator to raise MCNC_STAGING_BYTES"
+            )
 
     def reserve_total(self, total: int) -> None:
         """Hold ``total`` bytes for this upload (more than held so far), or 507 ``staging_full``."""

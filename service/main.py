@@ -91,7 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(
         settings.rate_limit, settings.rate_limit_burst, redis_url=settings.redis_url, prefix=settings.redis_prefix
     )
-    app.state.uploads = UploadBudget(settings.max_concurrent_uploads, settings.staging_bytes)
+    app.state.uploads = UploadBudget(
+        settings.max_concurrent_uploads, settings.staging_bytes, settings.max_client_uploads
+    )
     install_error_handlers(app)
     app.include_router(api_router)
     app.add_middleware(SendTimeoutMiddleware, timeout=settings.write_timeout)  # innermost: the routes' sends

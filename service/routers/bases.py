@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from service.deps import CatalogDep, SettingsDep, StoreDep, require
 from service.errors import BaseNotFoundError, InvalidRequestError
@@ -55,7 +56,8 @@ async def upload_base(
     async with staged_upload(request, store, settings) as tmp:
         rec, created = await run_in_threadpool(catalog.ingest_base, tmp, name, files)
     body = await run_in_threadpool(catalog.base_public, rec, name, files)
-    return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+    waiting = BackgroundTask(catalog.verify_waiting, rec.digest)  # deltas stored before it (N6), after the answer
+    return JSONResponse(body.model_dump(), status_code=201 if created else 200, background=waiting)
 
 
 _BASE = {"response_class": Response, "responses": binary_responses("the base (safetensors)")}

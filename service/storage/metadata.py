@@ -21,6 +21,7 @@ most recently. The Hub listing's keyset reads are ``ListingQueries`` (``listing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -417,6 +418,32 @@ class MetadataStore(ListingQueries):
         """Record that ``digest``'s reconstruction matched its fingerprint at ``when`` (no-op if gone)."""
         with self._tx(write=True) as conn:
             conn.execute(update(bundles).where(bundles.c.digest == digest).values(verified_at=when))
+
+    def mark_failed(self, digest: str, when: float, code: str, message: str) -> None:
+        """Record that ``digest``'s reconstruction failed its fingerprint at ``when``, with the error
+        ``code`` and ``message`` the routes answer (no-op if gone)."""
+        error = json.dumps({"code": code, "message": message})
+        with self._tx(write=True) as conn:
+            conn.execute(
+                update(bundles)
+                .where(bundles.c.digest == digest)
+                .values(verification_failed_at=when, verification_error=error)
+            )
+
+    def awaiting_verification(self, base_digest: str, limit: int = 1000) -> list[BundleRecord]:
+        """Stored deltas on ``base_digest`` never checked: no pass and no failure recorded."""
+        query = (
+            select(bundles)
+            .where(
+                bundles.c.base_sha256 == base_digest,
+                bundles.c.verified_at.is_(None),
+                bundles.c.verification_failed_at.is_(None),
+            )
+            .order_by(bundles.c.created_at)
+            .limit(limit)
+        )
+        with self._tx(write=False) as conn:
+            return [BundleRecord(**row._asdict()) for row in conn.execute(query)]
 
     def add_base(
         self,

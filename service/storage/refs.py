@@ -116,6 +116,8 @@ class BundleRecord:
     created_at: float
     metadata_json: str | None = None  # the bundle's ``x-`` keys as JSON; None: stored before 0.2
     verified_at: float | None = None  # when its weights last matched its fingerprint; None: not yet
+    verification_failed_at: float | None = None  # when they failed it (never served again); None: no failure
+    verification_error: str | None = None  # that failure's answer, JSON {"code", "message"}
 
     @property
     def metadata(self) -> dict[str, str] | None:

@@ -49,6 +49,10 @@ bundles = Table(
     Column("metadata_json", Text),
     # When its reconstruction last matched its fingerprint; NULL: not yet (see migration 0003).
     Column("verified_at", Float),
+    # When its reconstruction failed its fingerprint, and the answer given (JSON {code, message});
+    # NULL: no failure recorded (migration 0005). A row with a failure is never served.
+    Column("verification_failed_at", Float),
+    Column("verification_error", Text),
 )
 
 bases = Table(

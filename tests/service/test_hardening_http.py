@@ -196,11 +196,12 @@ def test_connection_budget_answers_503(tmp_path):
         idle = [_open(srv), _open(srv)]
         try:
             time.sleep(0.2)  # accepted
-            assert httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 503
+            assert httpx.get(f"{srv.url}/models", timeout=5).status_code == 503
+            assert httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 200  # probes exempt (N8)
         finally:
             for sock in idle:
                 sock.close()
-        _wait(lambda: httpx.get(f"{srv.url}/health/live", timeout=5).status_code == 200)
+        _wait(lambda: httpx.get(f"{srv.url}/models", timeout=5).status_code == 200)
 
 
 def test_one_client_cannot_take_the_connection_budget_from_the_others(tmp_path):
@@ -235,10 +236,12 @@ def test_concurrent_upload_budget_answers_503_with_retry_after(tmp_path, tiny):
 
 
 def test_staging_disk_budget_answers_507_before_writing_past_it(tmp_path, tiny):
-    budget = len(tiny.data) + 100
+    held = 1 << 20  # what the stalled upload has sent: one buffer, written to staging
+    budget = held + len(tiny.data) - 1
     with LiveServer(Settings(data_dir=tmp_path, staging_bytes=budget, read_timeout=10)) as srv:
-        with _stall_upload(srv, declared=len(tiny.data)):  # holds len(tiny.data) of the budget
-            _wait(lambda: srv.app.state.uploads.staged == len(tiny.data))
+        with _stall_upload(srv, declared=budget) as sock:  # reserved as its bytes arrive (N3)
+            sock.sendall(b"x" * (held - 10))
+            _wait(lambda: srv.app.state.uploads.staged == held)
             r = httpx.post(f"{srv.url}/bundles", content=tiny.data, headers=OCTET, timeout=5)
             assert r.status_code == 507 and error_code(r) == "staging_full" and r.headers["retry-after"]
             assert "MCNC_STAGING_BYTES" in r.json()["error"]["message"]
