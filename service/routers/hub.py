@@ -29,7 +29,7 @@ from service.deps import AdaptersDep, CatalogDep, EngineDep, StoreDep, require
 from service.engine import Engine
 from service.errors import EntryNotFoundError, InvalidRequestError, PayloadTooLargeError
 from service.http import ranged_response
-from service.hub.dates import hub_date
+from service.hub.dates import info_fields
 from service.hub.files import HubFile, RepoFiles, base_model_name, repo_files
 from service.hub.revisions import MAIN, Revision, resolve
 from service.schemas import HubErrorResponse
@@ -96,25 +96,12 @@ def _model_info(store: Store, repo: RepoFiles) -> dict[str, Any]:
     if repo.pipeline_tag:
         tags.append(repo.pipeline_tag)
         card["pipeline_tag"] = repo.pipeline_tag
-    # Every field huggingface_hub's ModelInfo requires: 0.23.x reads downloads, likes, private and
-    # tags with no default (hf_api.py ModelInfo.__init__), which LoRAX's first call needs.
     info: dict[str, Any] = {
-        "_id": rev.commit[:24],
-        "id": rev.repo,
-        "modelId": rev.repo,
-        "author": rev.repo.partition("/")[0] if "/" in rev.repo else None,
-        "sha": rev.commit,
-        "private": False,
-        "disabled": False,
-        "gated": False,
-        "downloads": 0,
-        "likes": 0,
+        **info_fields(rev.repo, rev.commit, created, rev.updated_at),
         "library_name": library,
         "pipeline_tag": repo.pipeline_tag,
         "tags": tags,
         "cardData": card,
-        "createdAt": hub_date(created),
-        "lastModified": hub_date(rev.updated_at),
         "siblings": [_sibling(f) for f in repo.files.values()],
         "mcnc": {
             "kind": rev.kind,

@@ -36,7 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.deps import SettingsDep, StoreDep, require
 from service.errors import InvalidRequestError
-from service.hub.dates import hub_date
+from service.hub.dates import hub_date, info_fields
 from service.hub.revisions import EXACT_SUFFIX, MAIN, Revision, resolve
 from service.schemas import HubErrorResponse
 from service.storage import Store
@@ -82,18 +82,7 @@ def _link(request: Request, response: Response, cursor: str) -> None:
 def _item(s: RepoSummary, card: bool) -> dict[str, Any]:
     library, tags = _KINDS[s.mode if s.kind == "bundles" else None]
     item: dict[str, Any] = {
-        "_id": s.commit[:24],
-        "id": s.name,
-        "modelId": s.name,
-        "author": s.name.partition("/")[0] if "/" in s.name else None,
-        "sha": s.commit,
-        "lastModified": hub_date(s.updated_at),
-        "createdAt": hub_date(s.created_at),
-        "private": False,
-        "gated": False,
-        "disabled": False,
-        "downloads": 0,
-        "likes": 0,
+        **info_fields(s.name, s.commit, s.created_at, s.updated_at),
         "trendingScore": 0,
         "tags": list(tags),
         "pipeline_tag": None,
