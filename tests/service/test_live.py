@@ -122,10 +122,27 @@ def test_client_disconnect_leaves_the_job_at_once(tmp_path, tiny2, monkeypatch):
             assert c.get("/models/m/weights").status_code == 200
 
 
-def test_concurrent_identical_uploads_store_once(live, tiny):
-    with httpx.Client(base_url=live.url, timeout=30) as c:
+def test_concurrent_identical_uploads_store_once(tmp_path, tiny):
+    # One client may hold max_client_uploads uploads at once (4 by default): admit all eight here,
+    # this test is about single storage, not about the per-client cap (test below).
+    settings = Settings(data_dir=tmp_path, max_concurrent_reconstructions=2, max_client_uploads=8)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as c:
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: c.post("/bundles", content=tiny.data).status_code, range(8)))
         assert sorted(codes) == [200] * 7 + [201]
         tmp_files = list((live.app.state.settings.data_dir / "tmp").iterdir())
         assert tmp_files == []
+
+
+def test_concurrent_uploads_over_the_client_cap_get_429_and_store_once(live, tiny):
+    # Under the default cap some of eight simultaneous uploads may be refused; whatever is refused is
+    # a 429 (never a 500), exactly one is stored (201), and nothing is left in staging.
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: c.post("/bundles", content=tiny.data), range(8)))
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) <= {200, 201, 429} and codes.count(201) == 1, codes
+        for r in answers:
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "too_many_client_uploads" and r.headers["retry-after"]
+        assert list((live.app.state.settings.data_dir / "tmp").iterdir()) == []
