@@ -1,8 +1,12 @@
 """This CPU's float32 FMA peak, measured by a tiny compiled microkernel (single core and all cores).
 
-The kernel keeps 16 independent chains of 16-wide float32 vectors (``a = a * b + c``; GCC/Clang
-vector extensions, ``-O3 -march=native -ffp-contract=fast`` so each line is one FMA instruction),
-enough to cover FMA latency times the FMA ports of current x86-64 and Arm cores. It is compiled
+The kernel keeps independent chains of native-width float32 vectors (``a = a * b + c``; GCC/Clang
+vector extensions, ``-O3 -march=native -ffp-contract=fast`` so each line is one FMA instruction):
+16 chains of 16 lanes where AVX-512 gives 32 vector registers, else 12 chains of 8 lanes (AVX2's
+16 registers: 12 accumulators + the two operands; 16 chains of 16 lanes would spill to the stack
+there and measure memory, not FMA — seen on an AMD EPYC, at a tenth of its peak). That covers FMA
+latency times the FMA ports of current x86-64 and Arm cores. Each run is sized by a short
+calibration run, so it lasts ~``seconds`` on any core, however fast. It is compiled
 with the machine's C compiler into a temporary directory and called through ``ctypes``, which
 releases the GIL, so ``threads`` calls run in parallel for the all-core figure. The result is the
 best of ``tries`` runs: a loaded host only makes runs slower, never faster, so the best is the
@@ -26,23 +30,30 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["FLOPS_PER_ITER", "all_core_peak", "fma_peak"]
+__all__ = ["all_core_peak", "fma_peak"]
 
 _SOURCE = r"""
 #include <stdint.h>
-typedef float v16 __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#define LANES 16
+#define CHAINS 16
+#else
+#define LANES 8
+#define CHAINS 12
+#endif
+typedef float vec __attribute__((vector_size(LANES * 4)));
+int64_t flops_per_iter(void) { return (int64_t)CHAINS * LANES * 2; }  /* multiply + add */
 double fma_loop(int64_t iters) {
-    v16 acc[16], b, c;
-    for (int j = 0; j < 16; j++) { b[j] = 0.999999f; c[j] = 1e-7f; }
-    for (int i = 0; i < 16; i++) for (int j = 0; j < 16; j++) acc[i][j] = (float)(i + j);
+    vec acc[CHAINS], b, c;
+    for (int j = 0; j < LANES; j++) { b[j] = 0.999999f; c[j] = 1e-7f; }
+    for (int i = 0; i < CHAINS; i++) for (int j = 0; j < LANES; j++) acc[i][j] = (float)(i + j);
     for (int64_t it = 0; it < iters; it++)
-        for (int i = 0; i < 16; i++) acc[i] = acc[i] * b + c;
+        for (int i = 0; i < CHAINS; i++) acc[i] = acc[i] * b + c;
     double s = 0;  /* returned so the compiler cannot drop the loop */
-    for (int i = 0; i < 16; i++) for (int j = 0; j < 16; j++) s += acc[i][j];
+    for (int i = 0; i < CHAINS; i++) for (int j = 0; j < LANES; j++) s += acc[i][j];
     return s;
 }
 """
-FLOPS_PER_ITER = 16 * 16 * 2  # 16 chains x 16 lanes x (multiply + add)
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,6 +72,7 @@ def _kernel() -> ctypes.CDLL | str:
     kernel = ctypes.CDLL(str(lib))
     kernel.fma_loop.restype = ctypes.c_double
     kernel.fma_loop.argtypes = [ctypes.c_int64]
+    kernel.flops_per_iter.restype = ctypes.c_int64
     return kernel
 
 
@@ -79,7 +91,7 @@ def _run(kernel: ctypes.CDLL, threads: int, iters: int) -> float:
     t0 = time.perf_counter()
     for t in pool:
         t.join()
-    return threads * iters * FLOPS_PER_ITER / (time.perf_counter() - t0)
+    return threads * iters * kernel.flops_per_iter() / (time.perf_counter() - t0)
 
 
 def fma_peak(threads: int, *, seconds: float = 0.2, tries: int = 3) -> float | str:
@@ -88,7 +100,10 @@ def fma_peak(threads: int, *, seconds: float = 0.2, tries: int = 3) -> float | s
     kernel = _kernel()
     if isinstance(kernel, str):
         return kernel
-    iters = max(1 << 16, int(seconds * 2e11 / FLOPS_PER_ITER))  # ~seconds at ~200 GFLOP/s per core
+    # Calibrate on this core: a fixed count sized for a fast core ran 60x too long on a slow one.
+    probe = 1 << 16
+    rate = _run(kernel, 1, probe) / kernel.flops_per_iter()  # iterations per second, one thread
+    iters = max(probe, int(seconds * rate))
     return max(_run(kernel, threads, iters) for _ in range(tries))
 
 
