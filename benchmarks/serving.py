@@ -10,10 +10,11 @@ at once:
   thread per connection) that GETs the very chunk keys the Redis-tier server reads (redis-py with
   hiredis) and writes each to the socket as it comes, no check, no read-ahead; the Redis tier's
   target is 0.8x of it;
-- ``redis_before`` (with ``--against CHECKOUT``): a third ``python -m service``, run from another
-  checkout (the code before a change, e.g. ``git worktree add /tmp/mcnc-old <commit>``), on a tier-2
-  entry of its own (its own prefix, written by its first request in that code's format), so a
-  change to the Redis tier is measured against the code before it in the same rounds;
+- ``redis_before`` (with ``--against CHECKOUT``; ``redis_before_2``... for more): a further
+  ``python -m service``, run from another checkout (the code before a change, e.g. ``git worktree
+  add /tmp/mcnc-old <commit>``), on a tier-2 entry of its own (its own prefix, written by its first
+  request in that code's format), so a change to the Redis tier is measured against the code before
+  it in the same rounds;
 - ``nginx``: the Debian ``nginx`` binary, started here (``daemon off``, generated ``nginx.conf``),
   serving the very response body as a static file, once with ``sendfile on`` (its default
   configuration) and once with ``sendfile off``; skipped, and said so, when nginx is not installed.
@@ -405,18 +406,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
             assert hashlib.sha256(got).hexdigest() == digest, "tier 2 served other bytes"
             targets["redis"] = (red.ports["mcnc"], "/models/m/weights")
             warm_reconstructions[rurl] = _reconstructions(rurl)  # 0: the entry was the memory server's
-            if args.against:  # the code before, on an entry of its own written in its own format
-                env = {"MCNC_REDIS_URL": redis_url, "MCNC_REDIS_PREFIX": prefix + "before:"}
-                old = mcnc_server(work / "before", root=Path(args.against), MCNC_MEMORY_CACHE_BYTES="0", **env)
+            for n, checkout in enumerate(args.against or [], 1):  # each on an entry in its own format
+                name = "redis_before" + ("" if n == 1 else f"_{n}")
+                env = {"MCNC_REDIS_URL": redis_url, "MCNC_REDIS_PREFIX": f"{prefix}{name}:"}
+                old = mcnc_server(work / name, root=Path(checkout), MCNC_MEMORY_CACHE_BYTES="0", **env)
                 servers.append(old)
-                pids["redis_before"] = old.proc.pid
+                pids[name] = old.proc.pid
                 burl = f"http://127.0.0.1:{old.ports['mcnc']}"
                 httpx.post(burl + "/bundles", params={"name": "m"}, content=data, timeout=600).raise_for_status()
                 got = httpx.get(burl + "/models/m/weights", timeout=600).content  # reconstructs, fills its entry
                 assert hashlib.sha256(got).hexdigest() == digest, "the code before served other bytes"
                 got = httpx.get(burl + "/models/m/weights", timeout=600).content
                 assert hashlib.sha256(got).hexdigest() == digest, "the code before's tier 2 served other bytes"
-                targets["redis_before"] = (old.ports["mcnc"], "/models/m/weights")
+                targets[name] = (old.ports["mcnc"], "/models/m/weights")
+                print(f"# {name}: {checkout}", flush=True)
                 warm_reconstructions[burl] = _reconstructions(burl)
             lim = redis_limit_server(redis_url, prefix)
             servers.append(lim)
@@ -480,7 +483,8 @@ def report(out: dict[str, object]) -> None:
     c = out["cold"]
     print(f"cold (first request, reconstructs while streaming): TTFB {c['ttfb_ms']:.1f} ms, {c['MB_s']:.0f} MB/s")  # type: ignore[index]
     gb: dict[str, dict[str, list[float]]] = out["gb_s"]  # type: ignore[assignment]
-    tiers = [t for t in ("memory", "redis", "redis_before") if t in next(iter(gb.values()))]
+    measured = list(next(iter(gb.values())))
+    tiers = [t for t in ("memory", "redis") if t in measured] + [t for t in measured if t.startswith("redis_before")]
     bases = [b for b in ("nginx", "nginx_nosendfile", "redis_limit") if b in next(iter(gb.values()))]
     cols = [*tiers, *bases]
     print(f"\nmedian GB/s over {out['rounds']} rounds ({out['bytes'] / 1e6:.0f} MB body, {out['errors']} errors)")  # type: ignore[operator]
@@ -509,10 +513,10 @@ def report(out: dict[str, object]) -> None:
         worst = min(summary["redis_limit"]["redis"].values())
         verdict = "met" if worst >= 0.8 else "NOT met"
         print(f"target redis >= 0.8x the Redis reader: {verdict} (lowest median ratio {worst:.2f})")
-    if "redis_before" in tiers:
-        print("\nredis / redis_before (this code over the code before, same round): median (min-max)")
+    for before in (t for t in tiers if t.startswith("redis_before")):
+        print(f"\nredis / {before} (this code over that checkout, same round): median (min-max)")
         for clients, vals in gb.items():
-            r = ratios(vals, "redis", "redis_before")
+            r = ratios(vals, "redis", before)
             print(f"{clients:>8}  {statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
     print("\nCPU per body byte, ns (median over measurements; clock ticks of 10 ms, so rough):")
     print(f"{'target':>18}{'server':>10}{'redis':>10}{'client':>10}")
@@ -529,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default=None, help="concurrency levels, comma-separated (default 1,4,16)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 2)")
     p.add_argument("--no-nginx", action="store_true", help="measure the mcnc tiers only")
-    p.add_argument("--against", default=None, help="a checkout whose Redis tier is measured too (redis_before)")
+    p.add_argument("--against", action="append", help="a checkout whose Redis tier is measured too (repeatable)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--redis-reader", nargs=3, metavar=("PORT", "URL", "PREFIX"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
