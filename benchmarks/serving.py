@@ -10,6 +10,11 @@ at once:
   thread per connection) that GETs the very chunk keys the Redis-tier server reads (redis-py with
   hiredis) and writes each to the socket as it comes, no check, no read-ahead; the Redis tier's
   target is 0.8x of it;
+- ``redis_before`` (with ``--against CHECKOUT``; ``redis_before_2``... for more): a further
+  ``python -m service``, run from another checkout (the code before a change, e.g. ``git worktree
+  add /tmp/mcnc-old <commit>``), on a tier-2 entry of its own (its own prefix, written by its first
+  request in that code's format), so a change to the Redis tier is measured against the code before
+  it in the same rounds;
 - ``nginx``: the Debian ``nginx`` binary, started here (``daemon off``, generated ``nginx.conf``),
   serving the very response body as a static file, once with ``sendfile on`` (its default
   configuration) and once with ``sendfile off``; skipped, and said so, when nginx is not installed.
@@ -22,7 +27,7 @@ lands on all of them; throughput is total body bytes / wall time. Reported: medi
 server and the median (min-max) over rounds of each tier's ratio to nginx in the same round.
 The cold request that fills the tiers is reported too (time to first byte, MB/s).
 
-Usage: ``python benchmarks/serving.py [--quick] [--redis URL|''] [--rounds N] [--json PATH]``.
+Usage: ``python benchmarks/serving.py [--quick] [--redis URL|''] [--rounds N] [--against CHECKOUT] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -124,11 +129,12 @@ class Server:
             self.proc.wait()
 
 
-def mcnc_server(data_dir: Path, **env: str) -> Server:
-    """``python -m service`` (``mcnc serve``: uvicorn with its defaults) on a free loopback port."""
+def mcnc_server(data_dir: Path, root: Path = ROOT, **env: str) -> Server:
+    """``python -m service`` (``mcnc serve``: uvicorn with its defaults) from checkout ``root`` on a free
+    loopback port."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCNC_")}
-    full_env.update(env, MCNC_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+    full_env.update(env, MCNC_DATA_DIR=str(data_dir), PYTHONPATH=str(root))
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
     return Server(cmd, full_env, {"mcnc": port}, [f"http://127.0.0.1:{port}/health/live"])
 
@@ -327,6 +333,29 @@ def environment() -> str:
             f"{'hiredis' if have['hiredis'] else 'pure Python'}")  # fmt: skip
 
 
+def hash_rates() -> dict[str, float]:
+    """CPU ns per byte of each tier-2 chunk digest on an 8 MiB chunk here, now (best of 3 x 8 chunks;
+    this thread's CPU time, so a busy machine's waits are not counted: what the server pays per byte)."""
+    import blake3
+
+    data = os.urandom(8 << 20)
+    fns = {"sha256": lambda: hashlib.sha256(data).digest(), "blake3": lambda: blake3.blake3(data).digest()}
+    out = {}
+    for name, fn in fns.items():
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.thread_time()
+            for _ in range(8):
+                fn()
+            best = min(best, (time.thread_time() - t0) / (8 * len(data)) * 1e9)
+        out[name] = best
+    return out
+
+
+def _reconstructions(url: str) -> float:
+    return sum(_metric(url, f'mcnc_reconstructions_total{{kind="{kind}"}}') for kind in ("full", "partial"))
+
+
 def _metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
@@ -341,6 +370,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     out: dict[str, object] = {"params": n_params, "clients": args.clients, "rounds": args.rounds}
     out["environment"] = environment()
     print(f"# {out['environment']}", flush=True)
+    out["hash_ns_per_byte"] = hash_rates()
+    print("# chunk digests, CPU ns/byte (8 MiB, best of 3): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in out["hash_ns_per_byte"].items()), flush=True)  # fmt: skip
     redis_url = args.redis if args.redis and _redis_answers(args.redis) else None
     if args.redis and redis_url is None:
         print(f"# redis tier: skipped (no Redis answers at {args.redis})")
@@ -350,9 +382,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     shared = {"MCNC_REDIS_URL": redis_url, "MCNC_REDIS_PREFIX": prefix} if redis_url else {}
     servers: list[Server] = []
     targets: dict[str, tuple[int, str]] = {}  # name -> (port, path)
+    pids: dict[str, int] = {}  # name -> the process whose CPU is counted
+    warm_reconstructions: dict[str, float] = {}  # Redis-tier server url -> its reconstructions once warm
     try:
         mem = mcnc_server(work / "mem", MCNC_MEMORY_CACHE_BYTES=str(4 << 30), **shared)
         servers.append(mem)
+        pids["memory"] = mem.proc.pid
         url = f"http://127.0.0.1:{mem.ports['mcnc']}"
         httpx.post(url + "/bundles", params={"name": "m"}, content=data, timeout=600).raise_for_status()
         out["cold"] = cold(mem.ports["mcnc"], "/models/m/weights")  # fills tier 1, and tier 2 if any
@@ -364,13 +399,31 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         if redis_url:
             red = mcnc_server(work / "redis", MCNC_MEMORY_CACHE_BYTES="0", **shared)
             servers.append(red)
+            pids["redis"] = red.proc.pid
             rurl = f"http://127.0.0.1:{red.ports['mcnc']}"
             httpx.post(rurl + "/bundles", params={"name": "m"}, content=data, timeout=600).raise_for_status()
             got = httpx.get(rurl + "/models/m/weights", timeout=600).content
             assert hashlib.sha256(got).hexdigest() == digest, "tier 2 served other bytes"
             targets["redis"] = (red.ports["mcnc"], "/models/m/weights")
+            warm_reconstructions[rurl] = _reconstructions(rurl)  # 0: the entry was the memory server's
+            for n, checkout in enumerate(args.against or [], 1):  # each on an entry in its own format
+                name = "redis_before" + ("" if n == 1 else f"_{n}")
+                env = {"MCNC_REDIS_URL": redis_url, "MCNC_REDIS_PREFIX": f"{prefix}{name}:"}
+                old = mcnc_server(work / name, root=Path(checkout), MCNC_MEMORY_CACHE_BYTES="0", **env)
+                servers.append(old)
+                pids[name] = old.proc.pid
+                burl = f"http://127.0.0.1:{old.ports['mcnc']}"
+                httpx.post(burl + "/bundles", params={"name": "m"}, content=data, timeout=600).raise_for_status()
+                got = httpx.get(burl + "/models/m/weights", timeout=600).content  # reconstructs, fills its entry
+                assert hashlib.sha256(got).hexdigest() == digest, "the code before served other bytes"
+                got = httpx.get(burl + "/models/m/weights", timeout=600).content
+                assert hashlib.sha256(got).hexdigest() == digest, "the code before's tier 2 served other bytes"
+                targets[name] = (old.ports["mcnc"], "/models/m/weights")
+                print(f"# {name}: {checkout}", flush=True)
+                warm_reconstructions[burl] = _reconstructions(burl)
             lim = redis_limit_server(redis_url, prefix)
             servers.append(lim)
+            pids["redis_limit"] = lim.proc.pid
             got = httpx.get(f"http://127.0.0.1:{lim.ports['redis_limit']}/weights", timeout=600).content
             assert hashlib.sha256(got).hexdigest() == digest, "the Redis reader served other bytes"
             targets["redis_limit"] = (lim.ports["redis_limit"], "/weights")
@@ -384,17 +437,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
             (root / "weights.safetensors").write_bytes(body)
             ngx = nginx_server(binary, root, work / "nginx")
             servers.append(ngx)
+            pids.update(nginx=ngx.proc.pid, nginx_nosendfile=ngx.proc.pid)
             for name, port in ngx.ports.items():
                 got = httpx.get(f"http://127.0.0.1:{port}/weights.safetensors", timeout=600).content
                 assert hashlib.sha256(got).hexdigest() == digest
                 targets[name] = (port, "/weights.safetensors")
         del body, got
         rounds: dict[str, dict[str, list[float]]] = {str(c): {t: [] for t in targets} for c in args.clients}
-        pids = {"memory": mem.proc.pid, **({"redis": servers[1].proc.pid} if redis_url else {})}
-        if redis_url:
-            pids["redis_limit"] = servers[2].proc.pid
-        if "nginx" in targets:
-            pids.update(nginx=servers[-1].proc.pid, nginx_nosendfile=servers[-1].proc.pid)
         rpid = _redis_pid(redis_url) if redis_url else None
         cpu: dict[str, list[list[float]]] = {t: [] for t in targets}  # [server, redis, client] ns per byte
         errors = 0
@@ -416,11 +465,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         out["gb_s"] = rounds
         out["cpu_ns_per_byte"] = {t: [statistics.median(x[k] for x in v) for k in range(3)] for t, v in cpu.items()}
         out["errors"] = errors
-        if redis_url:  # the redis server never reconstructed weights: every byte came from tier 2
-            rurl = f"http://127.0.0.1:{servers[1].ports['mcnc']}"  # (its upload's fingerprint check aside)
-            out["redis_server_reconstructions"] = sum(
-                _metric(rurl, f'mcnc_reconstructions_total{{kind="{kind}"}}') for kind in ("full", "partial")
-            )
+        if warm_reconstructions:  # nothing reconstructed while measured: every byte came from tier 2
+            out["redis_server_reconstructions"] = sum(_reconstructions(u) - n for u, n in warm_reconstructions.items())
     finally:
         for s in reversed(servers):
             s.close()
@@ -437,7 +483,8 @@ def report(out: dict[str, object]) -> None:
     c = out["cold"]
     print(f"cold (first request, reconstructs while streaming): TTFB {c['ttfb_ms']:.1f} ms, {c['MB_s']:.0f} MB/s")  # type: ignore[index]
     gb: dict[str, dict[str, list[float]]] = out["gb_s"]  # type: ignore[assignment]
-    tiers = [t for t in ("memory", "redis") if t in next(iter(gb.values()))]
+    measured = list(next(iter(gb.values())))
+    tiers = [t for t in ("memory", "redis") if t in measured] + [t for t in measured if t.startswith("redis_before")]
     bases = [b for b in ("nginx", "nginx_nosendfile", "redis_limit") if b in next(iter(gb.values()))]
     cols = [*tiers, *bases]
     print(f"\nmedian GB/s over {out['rounds']} rounds ({out['bytes'] / 1e6:.0f} MB body, {out['errors']} errors)")  # type: ignore[operator]
@@ -458,7 +505,7 @@ def report(out: dict[str, object]) -> None:
     out["ratio_median"] = summary
     if "nginx" in summary:
         met = {"memory": 1.0, "redis": 0.8}
-        for t in tiers:
+        for t in (t for t in tiers if t in met):
             worst = min(summary["nginx"][t].values())
             verdict = "met" if worst >= met[t] else "NOT met"
             print(f"target {t} >= {met[t]:.1f}x nginx: {verdict} (lowest median ratio {worst:.2f})")
@@ -466,12 +513,17 @@ def report(out: dict[str, object]) -> None:
         worst = min(summary["redis_limit"]["redis"].values())
         verdict = "met" if worst >= 0.8 else "NOT met"
         print(f"target redis >= 0.8x the Redis reader: {verdict} (lowest median ratio {worst:.2f})")
+    for before in (t for t in tiers if t.startswith("redis_before")):
+        print(f"\nredis / {before} (this code over that checkout, same round): median (min-max)")
+        for clients, vals in gb.items():
+            r = ratios(vals, "redis", before)
+            print(f"{clients:>8}  {statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
     print("\nCPU per body byte, ns (median over measurements; clock ticks of 10 ms, so rough):")
     print(f"{'target':>18}{'server':>10}{'redis':>10}{'client':>10}")
     for t, (srv, red, cli) in out["cpu_ns_per_byte"].items():  # type: ignore[attr-defined]
         print(f"{t:>18}{srv:>10.2f}{red:>10.2f}{cli:>10.2f}")
     if "redis_server_reconstructions" in out:
-        print(f"redis-tier server reconstructions: {out['redis_server_reconstructions']:.0f}")
+        print(f"redis-tier server reconstructions while measured: {out['redis_server_reconstructions']:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default=None, help="concurrency levels, comma-separated (default 1,4,16)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 2)")
     p.add_argument("--no-nginx", action="store_true", help="measure the mcnc tiers only")
+    p.add_argument("--against", action="append", help="a checkout whose Redis tier is measured too (repeatable)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--redis-reader", nargs=3, metavar=("PORT", "URL", "PREFIX"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -2,7 +2,8 @@
 
 Keys never go stale: they are the model key ``<bundle digest>:<dtype>:<profile>``, never a name.
 An entry is the response in chunks of at most 8 MiB (``<prefix>w:<key>:<i>``) plus a metadata hash
-written last (with each chunk's sha256), all with a TTL; a sorted set orders entries by last use,
+written last (with each chunk's digest, BLAKE3 since the ``algo`` tag: see ``_CHUNK_HASHES``), all
+with a TTL; a sorted set orders entries by last use,
 and Lua scripts keep the byte budget exact with any number of writers. Flight locks
 (``<prefix>flight:<key>``: a token under a short lease, renewed by the holder while it makes
 progress) let one server reconstruct a key for all; a holder that dies is replaced within a lease.
@@ -22,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import blake3
 import redis
 
 from service.metrics import Metrics
@@ -34,6 +36,25 @@ T = TypeVar("T")
 
 class RedisUnavailable(Exception):
     """A Redis operation failed or an entry was incomplete or corrupt (already logged and counted)."""
+
+
+# The chunk digests an entry may name. The check guards against accidental corruption and an entry
+# inconsistent with its own metadata (a chunk overwritten, truncated or lost), not against whoever
+# can write Redis: the digests live in the same Redis as the chunks (docs/service.md, "Caching").
+# BLAKE3 is what new entries get: still a cryptographic hash, and faster than sha256 per byte on
+# the CPUs measured (docs/benchmarks.md, "The Redis tier against Redis itself"), hashing being
+# this path's largest CPU cost. Both release the GIL on large inputs, so the read-ahead pool hashes in parallel.
+_CHUNK_HASHES: dict[str, Callable[[bytes], str]] = {
+    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
+    "blake3": lambda data: blake3.blake3(data).hexdigest(),
+}
+WRITE_ALGO = "blake3"
+# Field layout of the metadata hash. An untagged entry (written before ``algo`` existed) lists
+# sha256 digests under ``digests``; a tagged one lists its ``algo``'s digests under ``chunk_digests``,
+# a field older servers do not read, so during a rolling upgrade they find a new entry incomplete (a
+# quiet miss and a rebuild) instead of corrupt (an error, and the entry deleted under its readers).
+_LEGACY_ALGO, _LEGACY_FIELD, _TAGGED_FIELD = "sha256", "digests", "chunk_digests"
+_UNKNOWN_SEEN: set[str] = set()
 
 
 # Budget bookkeeping runs inside Redis, atomically, so any number of replicas writing at once keep
@@ -108,11 +129,30 @@ return 1
 
 @dataclass(frozen=True)
 class RedisEntry:
-    """A complete tier-2 entry: its length, chunk size and each chunk's sha256 (checked on read)."""
+    """A complete tier-2 entry: its length, chunk size, each chunk's digest (checked on read) and the
+    algorithm of those digests (a key of ``_CHUNK_HASHES``)."""
 
     total: int
     chunk: int
     digests: tuple[str, ...]
+    algo: str
+
+
+def _parse_entry(raw: dict[str, str]) -> RedisEntry | None:
+    """The entry a metadata hash describes; None if a field is missing or malformed, or its ``algo``
+    is one this server does not know (a newer server's entry: never served unchecked)."""
+    algo = raw.get("algo")
+    field = _TAGGED_FIELD if algo is not None else _LEGACY_FIELD
+    algo = _LEGACY_ALGO if algo is None else algo
+    if algo not in _CHUNK_HASHES:
+        if algo not in _UNKNOWN_SEEN:  # once per name: a newer fleet's entries would log every request
+            _UNKNOWN_SEEN.add(algo)
+            log.warning("tier-2 entries with chunk digest %r (unknown here) are treated as misses", algo)
+        return None
+    try:
+        return RedisEntry(int(raw["total"]), int(raw["chunk"]), tuple(raw[field].split(",")), algo)
+    except (KeyError, ValueError):
+        return None
 
 
 class RedisCache:
@@ -167,7 +207,8 @@ class RedisCache:
     def meta(self, key: str, total: int) -> RedisEntry | None:
         """The entry if complete and of the expected length; counts a hit or a miss.
 
-        One round trip: reads the metadata and marks the entry used (``ZADD XX``) together.
+        One round trip: reads the metadata and marks the entry used (``ZADD XX``) together. An entry
+        tagged with an ``algo`` this server does not know is a miss (rebuilt, never served unchecked).
         """
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self._k(key, "meta"))
@@ -176,12 +217,8 @@ class RedisCache:
             replies: Any = self._call(pipe.execute)
         except RedisUnavailable:
             return None
-        raw = {k.decode(): v.decode() for k, v in replies[0].items()}
-        try:
-            entry = RedisEntry(int(raw["total"]), int(raw["chunk"]), tuple(raw["digests"].split(",")))
-        except (KeyError, ValueError):
-            entry = None
-        if entry is None or entry.total != total or len(entry.digests) != -(-total // entry.chunk):
+        entry = _parse_entry({k.decode(): v.decode() for k, v in replies[0].items()})
+        if entry is None or entry.total != total or entry.chunk <= 0 or len(entry.digests) != -(-total // entry.chunk):
             self.metrics.misses.labels("redis").inc()
             return None
         self.metrics.hits.labels("redis").inc()
@@ -208,8 +245,8 @@ class RedisCache:
     def read(self, key: str, entry: RedisEntry, start: int, end: int) -> Iterator[bytes]:
         """Yield bytes ``[start, end)``; raises ``RedisUnavailable`` if a chunk is gone, altered, or Redis fails.
 
-        Every chunk is checked against the sha256 recorded when it was written before any of its
-        bytes leave (a corrupt entry is deleted). Chunks are fetched and checked in the pool,
+        Every chunk is checked against the digest recorded when it was written (``entry.algo``)
+        before any of its bytes leave (a corrupt entry is deleted). Chunks are fetched and checked in the pool,
         ``READ_AHEAD`` of them while the current one is sent, so GETs, hashing and the send overlap
         on separate cores (each releases the GIL): hashing is the largest cost of this path
         (docs/benchmarks.md, "Serving").
@@ -233,13 +270,13 @@ class RedisCache:
                 f.cancel()
 
     def _checked_chunk(self, key: str, entry: RedisEntry, i: int) -> bytes:
-        """Chunk ``i`` once its length and sha256 match the entry (runs in the pool)."""
+        """Chunk ``i`` once its length and digest match the entry (runs in the pool)."""
         data: Any = self._call(lambda: self.client.get(self._k(key, str(i))))
         if not isinstance(data, bytes) or len(data) != min(entry.chunk, entry.total - i * entry.chunk):
             raise RedisUnavailable(f"chunk {i} of {key} missing or truncated")
-        if hashlib.sha256(data).hexdigest() != entry.digests[i]:
+        if _CHUNK_HASHES[entry.algo](data) != entry.digests[i]:
             self.metrics.redis_errors.inc()
-            log.error("tier-2 chunk %d of %s does not match its sha256; dropping the entry", i, key)
+            log.error("tier-2 chunk %d of %s does not match its %s digest; dropping the entry", i, key, entry.algo)
             with contextlib.suppress(RedisUnavailable):
                 self.delete(key)
             raise RedisUnavailable(f"chunk {i} of {key} is corrupt")
@@ -343,17 +380,24 @@ class RedisWriter:
         except RedisUnavailable:
             self.failed, self.buf = True, bytearray()
             return
-        self.digests.append(hashlib.sha256(piece).hexdigest())
+        self.digests.append(_CHUNK_HASHES[WRITE_ALGO](piece))
         self.index += 1
         self.written += len(piece)
 
     def commit(self, sha256: str) -> bool:
-        """Write the metadata (the entry becomes visible); False, and the reservation is released, on failure."""
+        """Write the metadata (the entry becomes visible; ``sha256`` is the whole response's, served as
+        its weights digest); False, and the reservation is released, on failure."""
         if self.buf and not self.failed:
             self._flush(len(self.buf))
         c = self.cache
         if not self.failed and self.written == self.total:
-            fields = {"total": self.total, "chunk": c.chunk_bytes, "digests": ",".join(self.digests), "sha256": sha256}
+            fields = {
+                "total": self.total,
+                "chunk": c.chunk_bytes,
+                "algo": WRITE_ALGO,
+                _TAGGED_FIELD: ",".join(self.digests),
+                "sha256": sha256,
+            }
             args: list[Any] = [self.key, time.time(), c.ttl]
             for k, v in fields.items():
                 args += [k, v]
