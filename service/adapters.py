@@ -7,7 +7,9 @@ and hashes, so the result is cached by bundle digest and computed once even when
 arrive together (single flight per key). An adapter larger than the memory cache is kept on local
 disk instead (``<spill dir>/<bundle digest>/<file sha256>``, under its own byte budget, LRU): its
 sizes and hashes stay in memory and its bytes are read from disk, so it is exported once too
-(without this every Hub request re-exported it). Before any export, the Catalog makes sure the bundle does
+(without this every Hub request re-exported it). An adapter pushed out of the memory LRU moves to
+that disk tier too (when it fits its budget), so reading it again is a disk read, not a second
+export. Before any export, the Catalog makes sure the bundle does
 not fail its fingerprint (checked once its base is here, failures remembered): nothing failing it
 is served here either.
 
@@ -46,6 +48,8 @@ EXACT_DTYPE = "float32"  # what ``exact`` asks for: the factors as generated, no
 
 
 _READ_CHUNK = 1 << 20
+_FACTS = 65_536  # task types remembered (a digest and a short string each)
+_RENAMED = 4096  # renamed adapter configs remembered (~1 kB each)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,10 @@ class AdapterStore:
         self.nbytes = 0
         self.disk_budget = disk_budget if disk_dir is not None else 0
         self._disk: OrderedDict[str, dict[str, AdapterFile]] = OrderedDict()
+        self._moving: dict[str, dict[str, AdapterFile]] = {}  # evicted from memory, being written to disk
+        # Per-digest facts asked for on every Hub request (bounded; a few hundred bytes each).
+        self._task_types: OrderedDict[str, str | None] = OrderedDict()
+        self._renamed: OrderedDict[tuple[str, str, str], AdapterFile] = OrderedDict()
         self.disk_nbytes = 0
         self._disk_dir: Path | None = None
         if self.disk_budget > 0 and disk_dir is not None:
@@ -138,10 +146,13 @@ class AdapterStore:
             raise BundleNotFoundError(f"no bundle sha256:{digest}")
         return self.catalog.verification(rec)
 
-    def files(self, digest: str, *, exact: bool = False, base_name: str | None = None) -> dict[str, AdapterFile]:
+    def files(
+        self, digest: str, *, exact: bool = False, base_name: str | None = None, checked: bool = False
+    ) -> dict[str, AdapterFile]:
         """The adapter files of bundle ``digest`` (exported on first use): factors in the server's
         dtype, or float32 with ``exact``; ``base_name``: the config's ``base_model_name_or_path``
-        (None: the bundle's own base name, as exported).
+        (None: the bundle's own base name, as exported). ``checked``: the caller has just run
+        ``Catalog.ensure_verified`` on the bundle's record (it passed): not looked up and checked again.
 
         Raises:
             FingerprintMismatchError, InvalidBundleError: (422) the bundle fails its fingerprint (checked
@@ -149,28 +160,62 @@ class AdapterStore:
             NotAnAdapterError: the bundle has no exact PEFT LoRA form (full mode, rank 0, ...).
             InsufficientMemoryError: the export needs more than the reconstruction memory budget.
         """
-        rec = self.catalog.record(digest)
-        if rec is None:
-            raise BundleNotFoundError(f"no bundle sha256:{digest}")
-        self.catalog.ensure_verified(rec)  # nothing failing its fingerprint is served (N6)
+        if not checked:
+            rec = self.catalog.record(digest)
+            if rec is None:
+                raise BundleNotFoundError(f"no bundle sha256:{digest}")
+            self.catalog.ensure_verified(rec)  # nothing failing its fingerprint is served (N6)
         dtype = EXACT_DTYPE if exact else self.dtype
         key = self._key(digest, exact)
         with self._lock:
             hit = self._hit(key)
-            if hit is not None:
-                return _named(hit, base_name)
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
+            key_lock = self._key_locks.setdefault(key, threading.Lock()) if hit is None else None
+        if key_lock is None:
+            assert hit is not None
+            return self._named(key, hit, base_name)
         with key_lock:  # single flight: the first caller exports, the others wait for its result
             with self._lock:
                 hit = self._hit(key)
             if hit is not None:
-                return _named(hit, base_name)
+                return self._named(key, hit, base_name)
             try:
                 files = self._put(key, self._export(digest, dtype))
             finally:
                 with self._lock:
                     self._key_locks.pop(key, None)
-            return _named(files, base_name)
+            return self._named(key, files, base_name)
+
+    def task_type(self, digest: str) -> str | None:
+        """The PEFT ``task_type`` of bundle ``digest`` (its config's), remembered per digest: model
+        info asks for it on every request, and parsing the bundle again each time cost a blob read."""
+        with self._lock:
+            if digest in self._task_types:
+                return self._task_types[digest]
+        return self._remember_task_type(digest, self.catalog.bundle(digest).config.task_type)
+
+    def _remember_task_type(self, digest: str, task_type: str | None) -> str | None:
+        with self._lock:
+            self._task_types[digest] = task_type
+            while len(self._task_types) > _FACTS:
+                self._task_types.popitem(last=False)
+        return task_type
+
+    def _named(self, key: str, files: dict[str, AdapterFile], base_name: str | None) -> dict[str, AdapterFile]:
+        """``_named(files, base_name)``, the renamed config remembered per export and name (it was
+        read from disk, parsed and hashed again on every request)."""
+        cfg = files.get(ADAPTER_CONFIG)
+        if base_name is None or cfg is None:
+            return files
+        memo = (key, cfg.sha256, base_name)
+        with self._lock:
+            renamed = self._renamed.get(memo)
+        if renamed is None:
+            renamed = _named(files, base_name)[ADAPTER_CONFIG]
+            with self._lock:
+                self._renamed[memo] = renamed
+                while len(self._renamed) > _RENAMED:
+                    self._renamed.popitem(last=False)
+        return files if renamed is cfg else {**files, ADAPTER_CONFIG: renamed}
 
     def _key(self, digest: str, exact: bool) -> str:
         """The cache key of an export: the digest for the server's dtype, ``<digest>-float32`` for exact."""
@@ -178,6 +223,7 @@ class AdapterStore:
 
     def _export(self, digest: str, dtype: str) -> dict[str, AdapterFile]:
         bundle = self.catalog.bundle(digest)
+        self._remember_task_type(digest, bundle.config.task_type)
         try:
             contents = self.reconstructor.adapter_files(bundle, ADAPTER_DTYPES[dtype])
         except ExportError as exc:
@@ -215,19 +261,34 @@ class AdapterStore:
             if hit is not None:
                 tier.move_to_end(digest)
                 return hit
-        return None
+        return self._moving.get(digest)
 
     def _put(self, digest: str, files: dict[str, AdapterFile]) -> dict[str, AdapterFile]:
+        """Keep an export: in memory if it fits the memory budget, else on disk. What it pushes out of
+        memory moves to the disk tier (when that has room) instead of being dropped: an adapter read
+        again after falling out of the memory LRU was exported again (seconds of CPU for a 7B one)."""
         size = sum(f.size for f in files.values())
         if size > self.budget:
             return self._put_disk(digest, files, size)
+        evicted: list[tuple[str, dict[str, AdapterFile]]] = []
         with self._lock:
             while self.nbytes + size > self.budget and self._items:
-                _, old = self._items.popitem(last=False)
+                key, old = self._items.popitem(last=False)
                 self.nbytes -= sum(f.size for f in old.values())
-                self.metrics.evictions.labels("adapters").inc()
+                self._moving[key] = old  # still found by ``_hit`` while it is written to disk
+                evicted.append((key, old))
             self._items[digest] = files
             self.nbytes += size
+        for key, old in evicted:
+            kept = old
+            try:
+                kept = self._put_disk(key, old, sum(f.size for f in old.values()))
+            finally:
+                with self._lock:
+                    if self._moving.pop(key, None) is None and kept is not old:
+                        self._drop_disk(key)  # ``forget`` ran while it was written: not kept
+            if kept is old:  # no disk tier, over its budget, or the disk failed: dropped
+                self.metrics.evictions.labels("adapters").inc()
         return files
 
     def _put_disk(self, digest: str, files: dict[str, AdapterFile], size: int) -> dict[str, AdapterFile]:
@@ -271,6 +332,7 @@ class AdapterStore:
         """Drop every export of ``digest`` (each dtype), from memory and disk."""
         with self._lock:
             for key in (digest, f"{digest}-{EXACT_DTYPE}"):
+                self._moving.pop(key, None)
                 old = self._items.pop(key, None)
                 if old is not None:
                     self.nbytes -= sum(f.size for f in old.values())

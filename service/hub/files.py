@@ -103,6 +103,7 @@ class RepoFiles:
     verified: bool
     config: dict[str, Any] | None
     pipeline_tag: str | None
+    base_model: str | None = None  # an adapter's base repo name (``base_model_name``), else None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -166,7 +167,7 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
     """
     files: dict[str, HubFile] = {f.name: _sidecar(store, f) for f in rev.files}
     config = _config(store, rev.files)
-    task_type = None
+    task_type = base_name = None
     verified = True
     if rev.kind == "base":
         base = store.meta.get_base(rev.digest)
@@ -186,11 +187,10 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
         rec = rev.bundle
         assert rec is not None
         verified = catalog.ensure_verified(rec) == "verified"  # 422 for a bundle that failed: never served
-        bundle = catalog.bundle(rec.digest)
         if rev.kind == "adapter":
-            task_type = bundle.config.task_type
-            name = base_model_name(store, rec.base_sha256, rec.base_name)
-            exported = adapters.files(rec.digest, exact=rev.exact, base_name=name)
+            task_type = adapters.task_type(rec.digest)  # remembered: no bundle parse per request
+            name = base_name = base_model_name(store, rec.base_sha256, rec.base_name)
+            exported = adapters.files(rec.digest, exact=rev.exact, base_name=name, checked=True)
             for f in exported.values():
                 files[f.name] = HubFile(
                     f.name,
@@ -202,6 +202,7 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
                     False,
                 )
         else:
+            bundle = catalog.bundle(rec.digest)
             lay = engine.layout(rec.digest, bundle, "float32" if rev.exact else "native")  # 507 before any byte
 
             def open_model(start: int, end: int) -> Iterator[bytes | memoryview]:
@@ -219,4 +220,4 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
                 False,
                 {"X-MCNC-Bundle-Digest": f"sha256:{rec.digest}", "X-MCNC-Numerics": engine.profile},
             )
-    return RepoFiles(rev, dict(sorted(files.items())), verified, config, _pipeline(config, task_type))
+    return RepoFiles(rev, dict(sorted(files.items())), verified, config, _pipeline(config, task_type), base_name)

@@ -30,7 +30,7 @@ from service.engine import Engine
 from service.errors import EntryNotFoundError, InvalidRequestError, PayloadTooLargeError
 from service.http import ranged_response
 from service.hub.dates import info_fields
-from service.hub.files import HubFile, RepoFiles, base_model_name, repo_files
+from service.hub.files import HubFile, RepoFiles, repo_files
 from service.hub.revisions import MAIN, Revision, resolve
 from service.schemas import HubErrorResponse
 from service.storage import Store
@@ -80,11 +80,11 @@ def _sibling(f: HubFile) -> dict[str, Any]:
     return out
 
 
-def _model_info(store: Store, repo: RepoFiles) -> dict[str, Any]:
+def _model_info(repo: RepoFiles) -> dict[str, Any]:
     rev = repo.rev
     created = rev.bundle.created_at if rev.bundle is not None else rev.updated_at
     if rev.kind == "adapter":
-        base = base_model_name(store, rev.bundle.base_sha256, rev.bundle.base_name) if rev.bundle else None
+        base = repo.base_model
         library, tags = "peft", ["peft", "lora", "mcnc", "safetensors"]
         card: dict[str, Any] = {"library_name": "peft", "tags": ["peft", "lora", "mcnc"]}
         if base is not None:
@@ -129,7 +129,7 @@ def model_info(
     """Hub model info of ``repo_id`` at ``revision``: ``sha`` (its commit), ``siblings``, ``config``, ``mcnc``."""
     repo = _files(store, catalog, adapters, engine, repo_id, revision)
     response.headers.update(repo.headers)
-    return _model_info(store, repo)
+    return _model_info(repo)
 
 
 @router.get("/api/models/{repo_id:path}/tree/{revision}", dependencies=_READ)
@@ -273,7 +273,7 @@ def model_info_main(
     """Hub model info of ``repo_id`` at ``main`` (its default tag)."""
     repo = _files(store, catalog, adapters, engine, repo_id, HUB_DEFAULT_REVISION)
     response.headers.update(repo.headers)
-    return _model_info(store, repo)
+    return _model_info(repo)
 
 
 @router.get("/{repo_id:path}/resolve/{revision}/{filename}", operation_id="hub_get_file", dependencies=_READ)

@@ -212,3 +212,24 @@ def test_an_adapter_over_the_memory_cache_is_kept_on_disk_and_exported_once(tmp_
         f = adapters.files(digest)["adapter_model.safetensors"]
         adapters.forget(digest)  # evicted between a request's files() and its body: exported again
         assert b"".join(adapters.open(digest, f, 0, f.size)) == bodies[0]
+
+
+def test_an_adapter_evicted_from_memory_moves_to_disk_and_is_not_exported_again(tmp_path, case):
+    """An export pushed out of the memory LRU was dropped, and its next read exported it again."""
+    from mcnc_core.peft import peft_adapter_files
+
+    f32 = sum(len(b) for b in peft_adapter_files(case.bundle, dtype=torch.float32).values())
+    settings = Settings(data_dir=tmp_path / "server", adapter_dtype="bfloat16", adapter_cache_bytes=f32)
+    with LiveServer(settings) as live, httpx.Client(timeout=30) as c:
+        push(live, case.bundle.to_bytes(), "acme/lru", "v1")
+        exact = f"{live.url}/acme/lru/resolve/v1:float32/adapter_model.safetensors"
+        first = c.get(exact).content  # float32: fills the memory budget
+        c.get(f"{live.url}/acme/lru/resolve/v1/adapter_model.safetensors").raise_for_status()  # bf16 evicts it
+        adapters = live.app.state.adapters
+        assert adapters.disk_nbytes >= len(first)  # moved to the disk tier, not dropped
+        again = c.get(exact)
+        part = c.get(exact, headers={"Range": "bytes=3-9"})
+        exports = live.app.state.metrics.registry.get_sample_value("mcnc_reconstructions_total", {"kind": "adapter"})
+    assert exports == 2  # float32 and bf16 once each; the evicted one was read back from disk
+    assert again.content == first and again.headers["etag"] == f'"{hashlib.sha256(first).hexdigest()}"'
+    assert part.status_code == 206 and part.content == first[3:10]
