@@ -38,6 +38,7 @@ import torch
 from mcnc_core.peft import ADAPTER_CONFIG, ExportError
 from service.catalog import Catalog, Verification
 from service.errors import BundleNotFoundError, NotAnAdapterError
+from service.hub.revcache import RevisionCache
 from service.metrics import Metrics
 from service.reconstructor import Reconstructor
 
@@ -98,6 +99,11 @@ class AdapterBody:
         self._pos += len(piece)
         return piece
 
+    def file_range(self) -> tuple[BinaryIO, int, int] | None:
+        """``(open file, start, end)`` of the bytes not yet read, for a file kept on disk (a
+        zero-copy send); None for one in memory or once closed."""
+        return None if self._handle is None else (self._handle, self._pos, self.end)
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -122,6 +128,7 @@ class AdapterStore:
         fresh private folder under ``disk_dir`` (removed by ``close``); 0 or no ``disk_dir``: none."""
         self.catalog, self.reconstructor, self.metrics = catalog, reconstructor, metrics
         self.dtype, self.budget = dtype, budget
+        self.revisions = RevisionCache()  # the Hub's answers about adapter revisions (service/hub/revcache.py)
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._items: OrderedDict[str, dict[str, AdapterFile]] = OrderedDict()
@@ -329,7 +336,9 @@ class AdapterStore:
                 shutil.rmtree(self._disk_dir / digest, ignore_errors=True)
 
     def forget(self, digest: str) -> None:
-        """Drop every export of ``digest`` (each dtype), from memory and disk."""
+        """Drop every export of ``digest`` (each dtype), from memory and disk, and the Hub's cached
+        revisions of it."""
+        self.revisions.forget(digest)
         with self._lock:
             for key in (digest, f"{digest}-{EXACT_DTYPE}"):
                 self._moving.pop(key, None)

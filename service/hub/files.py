@@ -34,7 +34,7 @@ from service.adapters import AdapterStore
 from service.catalog import Catalog
 from service.engine import Engine
 from service.errors import BaseNotFoundError
-from service.hub.revisions import Revision
+from service.hub.revisions import Revision, resolve, state
 from service.storage import FileRecord, Store
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "HubFile",
     "RepoFiles",
     "base_model_name",
+    "cached_repo_files",
     "repo_files",
 ]
 
@@ -221,3 +222,23 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
                 {"X-MCNC-Bundle-Digest": f"sha256:{rec.digest}", "X-MCNC-Numerics": engine.profile},
             )
     return RepoFiles(rev, dict(sorted(files.items())), verified, config, _pipeline(config, task_type), base_name)
+
+
+def cached_repo_files(
+    store: Store, catalog: Catalog, adapters: AdapterStore, engine: Engine, repo_id: str, revision: str
+) -> RepoFiles:
+    """``repo_files(resolve(repo_id, revision))``, answered from ``adapters.revisions`` while the
+    revision's state (one statement) is what the cached answer was built under
+    (``service/hub/revcache.py``); a bundle failing its fingerprint in this process since is never
+    answered from it. Raises as ``resolve`` and ``repo_files``."""
+    key = (repo_id, revision)
+    now = state(store, repo_id, revision)  # read before building: a cached answer is never newer than its state
+    if now is not None:
+        hit = adapters.revisions.get(key, now)
+        if hit is not None and hit.rev.bundle is not None and catalog.verification(hit.rev.bundle) != "failed":
+            return hit
+    repo = repo_files(store, catalog, adapters, engine, resolve(store, repo_id, revision))
+    rev = repo.rev
+    if now is not None and rev.kind == "adapter" and (rev.tag, rev.digest) == (now.tag.tag, now.tag.digest):
+        adapters.revisions.put(key, now, repo)
+    return repo
