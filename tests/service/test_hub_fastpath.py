@@ -60,10 +60,10 @@ def test_a_warm_fetch_reads_one_statement_per_request(live, case, monkeypatch):
         fetch(c, "acme/warm")  # cold: builds the answers
         meta = live.app.state.store.meta
         calls: list[str] = []
-        for name in READS + ("revision_state",):
+        for name in (*READS, "revision_state"):
             real = getattr(meta, name)
             monkeypatch.setattr(meta, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
-        info, tree, got = fetch(c, "acme/warm")
+        info, _, got = fetch(c, "acme/warm")
     assert calls == ["revision_state"] * 6  # six requests, one statement each (nine point queries each before)
     body = got["adapter_model.safetensors"]
     assert body.headers["etag"] == f'"{hashlib.sha256(body.content).hexdigest()}"'
