@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -37,10 +39,11 @@ import torch
 
 from mcnc_core.peft import ADAPTER_CONFIG, ExportError
 from service.catalog import Catalog, Verification
-from service.errors import BundleNotFoundError, NotAnAdapterError
+from service.errors import BundleNotFoundError, NotAnAdapterError, ServiceError
 from service.hub.revcache import RevisionCache
 from service.metrics import Metrics
 from service.reconstructor import Reconstructor
+from service.storage import BundleRecord
 
 __all__ = ["ADAPTER_DTYPES", "AdapterFile", "AdapterStore", "EXACT_DTYPE"]
 
@@ -51,6 +54,9 @@ EXACT_DTYPE = "float32"  # what ``exact`` asks for: the factors as generated, no
 _READ_CHUNK = 1 << 20
 _FACTS = 65_536  # task types remembered (a digest and a short string each)
 _RENAMED = 4096  # renamed adapter configs remembered (~1 kB each)
+PREFETCH_QUEUE = 8  # pushed adapters waiting for their background export; more are skipped
+PREFETCH_MAX_BUNDLE = 64 << 20  # bundles larger than this are exported on first read only
+log = logging.getLogger("mcnc.service")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,50 @@ class AdapterStore:
         if self.disk_budget > 0 and disk_dir is not None:
             disk_dir.mkdir(parents=True, exist_ok=True)
             self._disk_dir = Path(tempfile.mkdtemp(prefix="adapters-", dir=disk_dir))
+        self._prefetch: queue.Queue[str | None] = queue.Queue(PREFETCH_QUEUE)
+        self._prefetch_thread: threading.Thread | None = None
+        self._closed = False
+        catalog.on_ingest(self.prefetch)
+
+    def prefetch(self, rec: BundleRecord, created: bool) -> None:
+        """Queue the export of a delta just pushed (``Catalog.on_ingest``), so its first Hub read finds
+        it exported; returns at once (the push's answer never waits for it). Bounded: one worker
+        thread, ``PREFETCH_QUEUE`` waiting (a push finding the queue full is skipped: its adapter is
+        exported on first read, as before), bundles over ``PREFETCH_MAX_BUNDLE`` skipped, nothing
+        when no tier keeps exports. The export is ``files(digest)``: checked as any read (a bundle
+        failing its fingerprint is not exported), under the Reconstructor's slots and budget, single
+        flight with the requests, kept by the same LRU rules (it may push out the least recently
+        used export, as a read does)."""
+        if not created or rec.mode != "delta" or rec.size > PREFETCH_MAX_BUNDLE or self._closed:
+            return
+        if self.budget <= 0 and self.disk_budget <= 0:
+            return
+        with self._lock:
+            if self._prefetch_thread is None:
+                self._prefetch_thread = threading.Thread(
+                    target=self._prefetch_loop, name="adapter-prefetch", daemon=True
+                )
+                self._prefetch_thread.start()
+        try:
+            self._prefetch.put_nowait(rec.digest)
+        except queue.Full:
+            log.debug("background export of sha256:%s skipped: %d already queued", rec.digest, PREFETCH_QUEUE)
+
+    def _prefetch_loop(self) -> None:
+        while (digest := self._prefetch.get()) is not None:
+            try:
+                self.files(digest)
+            except ServiceError as exc:  # not an adapter, failed, busy, over budget: its first read says so
+                log.info("background export of sha256:%s not done: %s (%s)", digest, exc.code, exc.message)
+            except Exception:
+                log.warning("background export of sha256:%s failed", digest, exc_info=True)
+            finally:
+                self._prefetch.task_done()
+        self._prefetch.task_done()
+
+    def wait_prefetched(self) -> None:
+        """Block until every queued background export has run (tests, benchmarks)."""
+        self._prefetch.join()
 
     def verification(self, digest: str) -> Verification:
         """Whether the adapter of ``digest`` comes from a bundle checked against its fingerprint:
@@ -254,7 +304,19 @@ class AdapterStore:
             return AdapterBody(again, start, end, again.path.open("rb") if again.path is not None else None)
 
     def close(self) -> None:
-        """Remove the folder of adapters kept on disk."""
+        """Stop the background exporter (after the export it is running) and remove the folder of
+        adapters kept on disk."""
+        self._closed = True
+        thread = self._prefetch_thread
+        if thread is not None:
+            while True:  # drop what waits, then the sentinel
+                try:
+                    self._prefetch.get_nowait()
+                    self._prefetch.task_done()
+                except queue.Empty:
+                    break
+            self._prefetch.put(None)
+            thread.join(timeout=30)
         with self._lock:
             self._disk.clear()
             self.disk_nbytes = 0
