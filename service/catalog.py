@@ -152,6 +152,7 @@ class Catalog:
         self._failed: OrderedDict[str, ServiceError] = OrderedDict()
         self._verify_locks: dict[str, threading.Lock] = {}
         self._on_delete: list[Callable[[str], None]] = []
+        self._on_ingest: list[Callable[[BundleRecord, bool], None]] = []
         # Stored bytes were checked under the upload limits; a later, lower upload limit must not make
         # them unreadable.
         self._stored_limits = ReadLimits(max_bytes=max(ReadLimits().max_bytes, settings.max_upload_bytes))
@@ -159,6 +160,12 @@ class Catalog:
     def on_delete(self, forget: Callable[[str], None]) -> None:
         """Call ``forget(digest)`` after a bundle is deleted (caches built on it drop it)."""
         self._on_delete.append(forget)
+
+    def on_ingest(self, stored: Callable[[BundleRecord, bool], None]) -> None:
+        """Call ``stored(record, created)`` after a push is stored, in the push's worker thread before
+        its answer: it must only note the bundle (the adapter store queues a background export), never
+        block or raise."""
+        self._on_ingest.append(stored)
 
     # records and parsed bundles
     def record(self, digest: str | None) -> BundleRecord | None:
@@ -284,9 +291,15 @@ class Catalog:
             # Also for stored bytes: the store re-checks the blob inside the transaction, so an upload
             # racing a delete of the same digest ends with both row and blob (or neither).
             # ``files``: sidecars attached to the tag (service/hub/sidecars.py), in the tag's transaction.
-            return self.store.add_bundle(tmp, rec, tag=(name, tag) if name is not None else None, files=files)
+            stored = self.store.add_bundle(tmp, rec, tag=(name, tag) if name is not None else None, files=files)
         finally:
             tmp.discard()
+        for note in self._on_ingest:
+            try:
+                note(*stored)
+            except Exception:  # a hook must never fail a push that is stored
+                log.warning("an ingest hook failed for sha256:%s", stored[0].digest, exc_info=True)
+        return stored
 
     def check_base_name(self, name: str, files: dict[str, str]) -> None:
         """Refuse a base repo name before its upload is read: ``name`` must not be a bundle repo and

@@ -21,26 +21,55 @@ decision is taken when its request head is complete:
   client's cap is answered 503 and closed as it opens.
 - ``MCNC_MAX_CONNECTIONS`` (uvicorn's ``limit_concurrency``: open connections or requests in flight)
   is checked here instead of in uvicorn, with the same 503, and never for the health paths.
+
+Zero-copy file bodies (``ZEROCOPY``, the ASGI draft extension ``http.response.zerocopysend``). On the
+httptools protocol (uvicorn's default here) a route may send ``{"type": ZEROCOPY, "file": <open
+binary file>, "offset": int, "count": int}`` after its ``http.response.start`` (which declared the
+``Content-Length``) instead of body messages: the protocol waits until everything written before
+is on the socket, then sends the bytes from the file with ``os.sendfile`` in a worker thread (the
+kernel copies page cache to socket, nothing passes through Python), then counts them against
+the declared length; the route ends the response with an empty ``http.response.body`` as usual.
+uvicorn has no such path of its own (``FileResponse`` reads 64 kB pieces through a thread and writes
+them to the transport), and uvloop's loop has no ``sendfile``. A client that takes no byte for
+``MCNC_WRITE_TIMEOUT`` ends the request (``StalledReaderError``, as ``SendTimeoutMiddleware``); a client
+that closes is a disconnect (uvicorn's rule: later sends are dropped). The extension is announced
+in ``scope["extensions"]`` only where it is served (not on the h11 protocol, not in TestClient), so a
+route falls back to streaming elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, ClassVar
+import logging
+import os
+import select
+from typing import Any, BinaryIO, ClassVar
 
+import anyio
 import h11
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
+from service.errors import StalledReaderError
 
-__all__ = ["HEALTH_PATHS", "PROBATION_HEAD_TIMEOUT", "PROBATION_MAX", "HeadTimeoutH11Protocol", "uvicorn_options"]
+__all__ = [
+    "HEALTH_PATHS",
+    "PROBATION_HEAD_TIMEOUT",
+    "PROBATION_MAX",
+    "ZEROCOPY",
+    "HeadTimeoutH11Protocol",
+    "uvicorn_options",
+]
 
 HEALTH_PATHS = frozenset({"/health/live", "/health/ready"})  # answered whatever the connection caps
 PROBATION_HEAD_TIMEOUT = 2.0  # seconds a connection over its client's cap has to send its head
 PROBATION_MAX = 4096  # connections on probation at once, per server (each holds a file descriptor)
+ZEROCOPY = "http.response.zerocopysend"  # the ASGI extension served on the httptools protocol
+_FLUSH_POLL = 0.0005  # seconds between checks that the transport's buffer is empty before a sendfile
+log = logging.getLogger("mcnc.service")
 
 
 class _HeadTimeout:
@@ -51,6 +80,8 @@ class _HeadTimeout:
     head_timeout = 30.0  # set per server by ``uvicorn_options`` (a subclass with the setting's value)
     per_client = 0  # the most connections one remote IP holds at once; 0 = no cap (set as above)
     max_connections: int | None = None  # MCNC_MAX_CONNECTIONS, checked here (set as above)
+    write_timeout = 120.0  # MCNC_WRITE_TIMEOUT, for ZEROCOPY bodies (set as above); 0 = none
+    zerocopy = False  # ZEROCOPY is served (the httptools protocol)
     # Open connections by remote IP, and [connections on probation], one of each per server (its
     # subclass); the event loop's thread only.
     client_connections: ClassVar[dict[str, int]] = {}
@@ -105,7 +136,48 @@ class _HeadTimeout:
             if limit is not None and (len(self.connections) - self.probation[0] > limit or len(self.tasks) > limit):
                 await service_unavailable(scope, receive, send)  # type: ignore[arg-type]
                 return
+        cycle = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle (its bound ``send``)
+        plain = self.transport.get_extra_info("sslcontext") is None  # sendfile would bypass TLS
+        if scope["type"] == "http" and self.zerocopy and plain and hasattr(cycle, "expected_content_length"):
+            scope.setdefault("extensions", {})[ZEROCOPY] = {}
+            send = self._zerocopy_send(cycle, send)
         await self._inner_app(scope, receive, send)
+
+    def _zerocopy_send(self, cycle: Any, send: Send) -> Send:
+        """``send`` of ``cycle`` serving ``ZEROCOPY`` messages (module docstring), passing the others on."""
+
+        async def zerocopy_send(message: Any) -> None:
+            if message["type"] != ZEROCOPY:
+                await send(message)
+                return
+            if cycle.disconnected:
+                return
+            count = int(message["count"])
+            if not cycle.response_started or cycle.chunked_encoding is not False or cycle.response_complete:
+                raise RuntimeError(f"{ZEROCOPY} needs a started response with a Content-Length")
+            if count > cycle.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            transport = self.transport
+            while transport.get_write_buffer_size() and not transport.is_closing():
+                await asyncio.sleep(_FLUSH_POLL)  # bytes written before (the head) go first
+            if transport.is_closing():
+                return
+            sock = transport.get_extra_info("socket")
+            f: BinaryIO = message["file"]
+            args = (sock.fileno(), f.fileno(), int(message.get("offset", 0)), count, self.write_timeout)
+            try:
+                await anyio.to_thread.run_sync(_sendfile_all, *args)
+            except (BrokenPipeError, ConnectionResetError):
+                cycle.disconnected = True  # uvicorn's rule: later sends are dropped
+                transport.close()
+                return
+            except TimeoutError:
+                log.info("%s: the client took no bytes for %ss; closing", message.get("path", "sendfile"), args[-1])
+                transport.close()
+                raise StalledReaderError(f"client stopped reading for {args[-1]}s") from None
+            cycle.expected_content_length -= count
+
+        return zerocopy_send
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -150,6 +222,30 @@ class _HeadTimeout:
         pass
 
 
+def _sendfile_all(sock: int, fd: int, offset: int, count: int, timeout: float) -> None:
+    """``os.sendfile`` ``count`` bytes of ``fd`` from ``offset`` to the non-blocking socket ``sock``,
+    waiting (``poll``) while its buffer is full, at most ``timeout`` seconds at a time (0: no limit).
+
+    Raises:
+        TimeoutError: the socket took no byte for ``timeout`` seconds.
+        OSError: the file ended early (``EIO``) or the socket failed (the client left: ``EPIPE``...).
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    wait_ms = int(timeout * 1000) if timeout > 0 else -1
+    while count > 0:
+        try:
+            n = os.sendfile(sock, fd, offset, count)
+        except BlockingIOError:
+            if not poller.poll(wait_ms):
+                raise TimeoutError from None
+            continue
+        if n == 0:
+            raise OSError(5, f"the file ended {count} bytes before the length sent")
+        offset += n
+        count -= n
+
+
 def _over_client_message(ip: str, held: int) -> str:
     return (
         f"client {ip} already holds {held} connections, the most one client may hold "
@@ -189,7 +285,10 @@ try:  # uvicorn's faster parser when installed (what its "auto" picks): ~1.3x th
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeadTimeoutHttpToolsProtocol(_HeadTimeout, HttpToolsProtocol):
-        """uvicorn's httptools protocol, closing connections whose request head does not arrive in time."""
+        """uvicorn's httptools protocol, closing connections whose request head does not arrive in time,
+        with zero-copy file bodies (``ZEROCOPY``)."""
+
+        zerocopy = True
 
     _BASE: type[_HeadTimeout] = HeadTimeoutHttpToolsProtocol
 except ImportError:  # pragma: no cover - httptools is a dependency; h11 is the fallback
@@ -202,6 +301,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "head_timeout": settings.read_timeout,
         "per_client": settings.max_client_connections,
         "max_connections": settings.max_connections,
+        "write_timeout": settings.write_timeout,
     }
     protocol = type(_BASE.__name__, (_BASE,), per_server | {"client_connections": {}, "probation": [0]})
     return {

@@ -34,7 +34,7 @@ from service.adapters import AdapterStore
 from service.catalog import Catalog
 from service.engine import Engine
 from service.errors import BaseNotFoundError
-from service.hub.revisions import Revision
+from service.hub.revisions import Revision, resolve, state
 from service.storage import FileRecord, Store
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "HubFile",
     "RepoFiles",
     "base_model_name",
+    "cached_repo_files",
     "repo_files",
 ]
 
@@ -103,6 +104,7 @@ class RepoFiles:
     verified: bool
     config: dict[str, Any] | None
     pipeline_tag: str | None
+    base_model: str | None = None  # an adapter's base repo name (``base_model_name``), else None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -166,7 +168,7 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
     """
     files: dict[str, HubFile] = {f.name: _sidecar(store, f) for f in rev.files}
     config = _config(store, rev.files)
-    task_type = None
+    task_type = base_name = None
     verified = True
     if rev.kind == "base":
         base = store.meta.get_base(rev.digest)
@@ -186,11 +188,10 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
         rec = rev.bundle
         assert rec is not None
         verified = catalog.ensure_verified(rec) == "verified"  # 422 for a bundle that failed: never served
-        bundle = catalog.bundle(rec.digest)
         if rev.kind == "adapter":
-            task_type = bundle.config.task_type
-            name = base_model_name(store, rec.base_sha256, rec.base_name)
-            exported = adapters.files(rec.digest, exact=rev.exact, base_name=name)
+            task_type = adapters.task_type(rec.digest)  # remembered: no bundle parse per request
+            name = base_name = base_model_name(store, rec.base_sha256, rec.base_name)
+            exported = adapters.files(rec.digest, exact=rev.exact, base_name=name, checked=True)
             for f in exported.values():
                 files[f.name] = HubFile(
                     f.name,
@@ -202,6 +203,7 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
                     False,
                 )
         else:
+            bundle = catalog.bundle(rec.digest)
             lay = engine.layout(rec.digest, bundle, "float32" if rev.exact else "native")  # 507 before any byte
 
             def open_model(start: int, end: int) -> Iterator[bytes | memoryview]:
@@ -219,4 +221,24 @@ def repo_files(store: Store, catalog: Catalog, adapters: AdapterStore, engine: E
                 False,
                 {"X-MCNC-Bundle-Digest": f"sha256:{rec.digest}", "X-MCNC-Numerics": engine.profile},
             )
-    return RepoFiles(rev, dict(sorted(files.items())), verified, config, _pipeline(config, task_type))
+    return RepoFiles(rev, dict(sorted(files.items())), verified, config, _pipeline(config, task_type), base_name)
+
+
+def cached_repo_files(
+    store: Store, catalog: Catalog, adapters: AdapterStore, engine: Engine, repo_id: str, revision: str
+) -> RepoFiles:
+    """``repo_files(resolve(repo_id, revision))``, answered from ``adapters.revisions`` while the
+    revision's state (one statement) is what the cached answer was built under
+    (``service/hub/revcache.py``); a bundle failing its fingerprint in this process since is never
+    answered from it. Raises as ``resolve`` and ``repo_files``."""
+    key = (repo_id, revision)
+    now = state(store, repo_id, revision)  # read before building: a cached answer is never newer than its state
+    if now is not None:
+        hit = adapters.revisions.get(key, now)
+        if hit is not None and hit.rev.bundle is not None and catalog.verification(hit.rev.bundle) != "failed":
+            return hit
+    repo = repo_files(store, catalog, adapters, engine, resolve(store, repo_id, revision))
+    rev = repo.rev
+    if now is not None and rev.kind == "adapter" and (rev.tag, rev.digest) == (now.tag.tag, now.tag.digest):
+        adapters.revisions.put(key, now, repo)
+    return repo

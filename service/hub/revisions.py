@@ -22,8 +22,9 @@ from typing import Literal
 
 from service.errors import InvalidRequestError, RepoNotFoundError, RevisionNotFoundError
 from service.storage import BundleRecord, FileRecord, Store, TagRecord, parse_ref, validate_name
+from service.storage.hub_state import RevisionState
 
-__all__ = ["EXACT_SUFFIX", "MAIN", "Revision", "resolve"]
+__all__ = ["EXACT_SUFFIX", "MAIN", "Revision", "resolve", "state"]
 
 MAIN = "main"  # huggingface_hub's default revision
 EXACT_SUFFIX = ":float32"
@@ -148,3 +149,24 @@ def _bundle_revision(store: Store, repo_id: str, revision: str, base_rev: str, e
         tag.updated_at,
         rec,
     )
+
+
+def state(store: Store, repo_id: str, revision: str | None) -> RevisionState | None:
+    """What the answer about bundle revision ``repo_id@revision`` depends on, read in one statement
+    by ``resolve``'s rules (a tag of that name first, then by the revision's form: ``main``, a commit
+    id, a digest); None where ``resolve`` would not find a bundle tag (a base repo, an unknown
+    revision: ask ``resolve`` for the answer or the error)."""
+    revision = revision or MAIN
+    base_rev = revision.removesuffix(EXACT_SUFFIX)
+    tag = base_rev if len(base_rev) <= 128 else ""
+    if base_rev == MAIN:
+        return store.meta.revision_state(repo_id, tag, "newest")
+    if _COMMIT.fullmatch(base_rev) and base_rev[39] in "01":
+        return store.meta.revision_state(repo_id, tag, "commit", commit=base_rev[:39] + "0")
+    try:
+        ref = parse_ref(base_rev)
+    except InvalidRequestError:
+        ref = None
+    if ref is not None and ref.digest is not None:
+        return store.meta.revision_state(repo_id, tag, "digest", digest=ref.digest)
+    return store.meta.revision_state(repo_id, tag) if tag else None

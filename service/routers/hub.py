@@ -17,7 +17,8 @@ not here, never checked against its fingerprint; one that failed is never served
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -25,13 +26,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.adapters import AdapterStore
 from service.catalog import Catalog
-from service.deps import AdaptersDep, CatalogDep, EngineDep, StoreDep, require
+from service.deps import require
 from service.engine import Engine
 from service.errors import EntryNotFoundError, InvalidRequestError, PayloadTooLargeError
-from service.http import ranged_response
 from service.hub.dates import info_fields
-from service.hub.files import HubFile, RepoFiles, base_model_name, repo_files
+from service.hub.files import HubFile, RepoFiles, cached_repo_files
 from service.hub.revisions import MAIN, Revision, resolve
+from service.hub.sendfile import file_response
 from service.schemas import HubErrorResponse
 from service.storage import Store
 
@@ -47,7 +48,39 @@ router = APIRouter(tags=["hub"], responses=_HUB_ERRORS)
 HUB_DEFAULT_REVISION = MAIN  # huggingface_hub's default: the tag main, else the newest push
 MAX_PATHS = 1000  # paths one paths-info request may ask about
 _MAX_PATHS_BODY = 256 << 10
-_READ = [Depends(require("read"))]
+_check_read = require("read")
+
+
+async def _read_scope(request: Request) -> None:
+    """``require("read")`` without a worker-thread hop when it cannot block: sync dependencies each
+    cost one (six per Hub request before: ~1 ms apiece on a loaded host, a third of a warm metadata
+    request). The check is a token comparison, plus a rate-limit count that may ask Redis: in a
+    worker thread then."""
+    if request.app.state.rate_limiter.rate > 0:
+        await run_in_threadpool(_check_read, request)
+    else:
+        _check_read(request)
+
+
+_READ = [Depends(_read_scope)]
+
+
+@dataclass(frozen=True)
+class _Hub:
+    """The app state a Hub route reads (one dependency, on the event loop: no thread hop)."""
+
+    store: Store
+    catalog: Catalog
+    adapters: AdapterStore
+    engine: Engine
+
+
+async def _hub(request: Request) -> _Hub:
+    st = request.app.state
+    return _Hub(st.store, st.catalog, st.adapters, st.engine)
+
+
+HubDep = Annotated[_Hub, Depends(_hub)]
 
 
 def resolve_revision(store: Store, repo_id: str, revision: str) -> Revision:
@@ -59,10 +92,8 @@ def resolve_revision(store: Store, repo_id: str, revision: str) -> Revision:
     return resolve(store, repo_id, revision)
 
 
-def _files(
-    store: Store, catalog: Catalog, adapters: AdapterStore, engine: Engine, repo_id: str, revision: str
-) -> RepoFiles:
-    return repo_files(store, catalog, adapters, engine, resolve_revision(store, repo_id, revision))
+def _files(hub: _Hub, repo_id: str, revision: str) -> RepoFiles:
+    return cached_repo_files(hub.store, hub.catalog, hub.adapters, hub.engine, repo_id, revision)
 
 
 def _entry(f: HubFile) -> dict[str, Any]:
@@ -80,11 +111,11 @@ def _sibling(f: HubFile) -> dict[str, Any]:
     return out
 
 
-def _model_info(store: Store, repo: RepoFiles) -> dict[str, Any]:
+def _model_info(repo: RepoFiles) -> dict[str, Any]:
     rev = repo.rev
     created = rev.bundle.created_at if rev.bundle is not None else rev.updated_at
     if rev.kind == "adapter":
-        base = base_model_name(store, rev.bundle.base_sha256, rev.bundle.base_name) if rev.bundle else None
+        base = repo.base_model
         library, tags = "peft", ["peft", "lora", "mcnc", "safetensors"]
         card: dict[str, Any] = {"library_name": "peft", "tags": ["peft", "lora", "mcnc"]}
         if base is not None:
@@ -121,15 +152,12 @@ def model_info(
     repo_id: str,
     revision: str,
     response: Response,
-    store: StoreDep,
-    catalog: CatalogDep,
-    adapters: AdaptersDep,
-    engine: EngineDep,
+    hub: HubDep,
 ) -> dict[str, Any]:
     """Hub model info of ``repo_id`` at ``revision``: ``sha`` (its commit), ``siblings``, ``config``, ``mcnc``."""
-    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    repo = _files(hub, repo_id, revision)
     response.headers.update(repo.headers)
-    return _model_info(store, repo)
+    return _model_info(repo)
 
 
 @router.get("/api/models/{repo_id:path}/tree/{revision}", dependencies=_READ)
@@ -137,13 +165,10 @@ def list_tree(
     repo_id: str,
     revision: str,
     response: Response,
-    store: StoreDep,
-    catalog: CatalogDep,
-    adapters: AdaptersDep,
-    engine: EngineDep,
+    hub: HubDep,
 ) -> list[dict[str, Any]]:
     """The repository's files at ``revision`` (flat: no folders; ``recursive`` changes nothing)."""
-    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    repo = _files(hub, repo_id, revision)
     response.headers.update(repo.headers)
     return [_entry(f) for f in repo.files.values()]
 
@@ -154,13 +179,10 @@ def list_tree_path(
     revision: str,
     path: str,
     response: Response,
-    store: StoreDep,
-    catalog: CatalogDep,
-    adapters: AdaptersDep,
-    engine: EngineDep,
+    hub: HubDep,
 ) -> list[dict[str, Any]]:
     """The files under folder ``path``: repos here are flat, so only the root (an empty path) has any."""
-    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    repo = _files(hub, repo_id, revision)
     response.headers.update(repo.headers)
     folder = path.strip("/")
     if folder in ("", "."):
@@ -243,10 +265,7 @@ async def paths_info(
     revision: str,
     request: Request,
     response: Response,
-    store: StoreDep,
-    catalog: CatalogDep,
-    adapters: AdaptersDep,
-    engine: EngineDep,
+    hub: HubDep,
 ) -> list[dict[str, Any]]:
     """The entries (as the tree lists them) of the asked ``paths`` that exist at ``revision``; the
     others are left out, as on the Hub."""
@@ -259,7 +278,7 @@ async def paths_info(
         if len(body) > _MAX_PATHS_BODY:
             raise PayloadTooLargeError(f"paths-info body exceeds the limit of {_MAX_PATHS_BODY} bytes")
     paths = _parse_paths(request.headers.get("content-type", ""), bytes(body))
-    repo = await run_in_threadpool(_files, store, catalog, adapters, engine, repo_id, revision)
+    repo = await run_in_threadpool(_files, hub, repo_id, revision)
     response.headers.update(repo.headers)
     wanted = dict.fromkeys(p.strip("/") for p in paths)
     return [_entry(repo.files[p]) for p in wanted if p in repo.files]
@@ -267,13 +286,11 @@ async def paths_info(
 
 # After the routes above: "{repo_id:path}" would match their paths too.
 @router.get("/api/models/{repo_id:path}", dependencies=_READ)
-def model_info_main(
-    repo_id: str, response: Response, store: StoreDep, catalog: CatalogDep, adapters: AdaptersDep, engine: EngineDep
-) -> dict[str, Any]:
+def model_info_main(repo_id: str, response: Response, hub: HubDep) -> dict[str, Any]:
     """Hub model info of ``repo_id`` at ``main`` (its default tag)."""
-    repo = _files(store, catalog, adapters, engine, repo_id, HUB_DEFAULT_REVISION)
+    repo = _files(hub, repo_id, HUB_DEFAULT_REVISION)
     response.headers.update(repo.headers)
-    return _model_info(store, repo)
+    return _model_info(repo)
 
 
 @router.get("/{repo_id:path}/resolve/{revision}/{filename}", operation_id="hub_get_file", dependencies=_READ)
@@ -283,14 +300,11 @@ def resolve_file(
     revision: str,
     filename: str,
     request: Request,
-    store: StoreDep,
-    catalog: CatalogDep,
-    adapters: AdaptersDep,
-    engine: EngineDep,
+    hub: HubDep,
 ) -> Response:
     """One file of the revision: ``X-Repo-Commit``, ``X-MCNC-Verified``, strong ``ETag``, 304,
     Range/206, HEAD (size and ETag before any byte, for ``model.safetensors`` too)."""
-    repo = _files(store, catalog, adapters, engine, repo_id, revision)
+    repo = _files(hub, repo_id, revision)
     f = repo.files.get(filename)
     if f is None:
         raise EntryNotFoundError(
@@ -302,6 +316,4 @@ def resolve_file(
         "Cache-Control": "public, max-age=31536000, immutable" if repo.rev.pinned else "no-cache",
     }
     media = "application/json" if filename.endswith(".json") else "application/octet-stream"
-    return ranged_response(  # the body is opened before the status line: an eviction cannot cut it
-        request, total=f.size, etag=f.etag, headers=headers, open_body=f.open, media_type=media
-    )
+    return file_response(request, f, headers, media)  # opened before the status line: an eviction cannot cut it

@@ -43,6 +43,7 @@ from service.errors import (
     StoreConfigError,
 )
 from service.storage import migrate
+from service.storage.hub_state import HubStateQueries
 from service.storage.listing import ListingQueries
 from service.storage.refs import BaseNameRecord, BaseRecord, BundleRecord, FileRecord, Ref, TagRecord, commit_id
 from service.storage.schema import base_files, base_names, bases, bundles, files, tag_files, tags
@@ -94,7 +95,7 @@ def _sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("mcnc_write") else "BEGIN")
 
 
-class MetadataStore(ListingQueries):
+class MetadataStore(ListingQueries, HubStateQueries):
     """Bundle, base and tag records in the database at ``url``.
 
     Args:

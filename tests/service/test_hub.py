@@ -212,3 +212,43 @@ def test_an_adapter_over_the_memory_cache_is_kept_on_disk_and_exported_once(tmp_
         f = adapters.files(digest)["adapter_model.safetensors"]
         adapters.forget(digest)  # evicted between a request's files() and its body: exported again
         assert b"".join(adapters.open(digest, f, 0, f.size)) == bodies[0]
+
+
+def test_an_adapter_evicted_from_memory_moves_to_disk_and_is_not_exported_again(tmp_path, case):
+    """An export pushed out of the memory LRU was dropped, and its next read exported it again."""
+    from mcnc_core.peft import peft_adapter_files
+
+    f32 = sum(len(b) for b in peft_adapter_files(case.bundle, dtype=torch.float32).values())
+    settings = Settings(data_dir=tmp_path / "server", adapter_dtype="bfloat16", adapter_cache_bytes=f32)
+    with LiveServer(settings) as live, httpx.Client(timeout=30) as c:
+        push(live, case.bundle.to_bytes(), "acme/lru", "v1")
+        adapters = live.app.state.adapters
+        adapters.wait_prefetched()  # the push's background export (bf16) is in memory
+        plain = f"{live.url}/acme/lru/resolve/v1/adapter_model.safetensors"
+        exact = f"{live.url}/acme/lru/resolve/v1:float32/adapter_model.safetensors"
+        first = c.get(plain).content
+        c.get(exact).raise_for_status()  # float32 fills the memory budget: bf16 is evicted
+        assert adapters.disk_nbytes >= len(first)  # moved to the disk tier, not dropped
+        again = c.get(plain)
+        part = c.get(plain, headers={"Range": "bytes=3-9"})
+        exports = live.app.state.metrics.registry.get_sample_value("mcnc_reconstructions_total", {"kind": "adapter"})
+    assert exports == 2  # bf16 and float32 once each; the evicted one was read back from disk
+    assert again.content == first and again.headers["etag"] == f'"{hashlib.sha256(first).hexdigest()}"'
+    assert part.status_code == 206 and part.content == first[3:10]
+
+
+def test_a_pushed_adapter_is_exported_in_the_background_before_its_first_read(tmp_path, case, delta):
+    with LiveServer(Settings(data_dir=tmp_path / "server")) as live, httpx.Client(timeout=30) as c:
+        exports = lambda: live.app.state.metrics.registry.get_sample_value(  # noqa: E731
+            "mcnc_reconstructions_total", {"kind": "adapter"}
+        )
+        push(live, case.bundle.to_bytes(), "acme/fresh", "v1")
+        push(live, delta.data, "acme/rank0", "v1")  # no adapter form: its background export is refused, logged
+        live.app.state.adapters.wait_prefetched()
+        assert exports() == 1  # exported after the 201, before any read
+        body = c.get(f"{live.url}/acme/fresh/resolve/v1/adapter_model.safetensors")
+        assert body.status_code == 200 and exports() == 1  # the first read found it exported
+        assert c.get(f"{live.url}/api/models/acme/rank0").status_code == 422
+        push(live, case.bundle.to_bytes(), "acme/fresh", "v2")  # bytes already stored: nothing queued
+        live.app.state.adapters.wait_prefetched()
+        assert exports() == 1
