@@ -17,7 +17,7 @@ from torch import nn
 from mcnc_core.compress import get_state
 from mcnc_core.errors import ConfigError
 
-__all__ = ["RECOMMENDED_LR", "param_groups"]
+__all__ = ["HORIZON_EXPONENT", "HORIZON_REF_STEPS", "RECOMMENDED_LR", "code_lr", "param_groups"]
 
 #: ``(codes, scales, raw)`` Adam learning rates per mode, for generator version 2 codes.
 #: full: mnist1d MLP at 2 %, three rounds on validation (docs/ablation.md). delta: MCNC-LoRA on
@@ -30,6 +30,33 @@ RECOMMENDED_LR: dict[str, tuple[float, float, float]] = {
 }
 
 
+#: The horizon rule (``param_groups(total_steps=T)``): the code lr is
+#: ``RECOMMENDED_LR[mode][0] * (max(T, HORIZON_REF_STEPS) / HORIZON_REF_STEPS) ** -HORIZON_EXPONENT[mode]``.
+#: PENDING: the exponents are set from ``benchmarks/horizon.py``'s validation sweep.
+HORIZON_REF_STEPS = 800
+HORIZON_EXPONENT: dict[str, float] = {"full": 0.0, "delta": 0.0}
+
+
+def code_lr(mode: str, total_steps: int | None = None) -> float:
+    """The recommended code learning rate for ``mode`` and a planned number of optimizer steps.
+
+    ``total_steps=None`` is ``RECOMMENDED_LR[mode][0]`` exactly. Horizons shorter than
+    ``HORIZON_REF_STEPS`` get the reference rate (the rule was not measured below it).
+
+    Raises:
+        ConfigError: ``mode`` is not ``"full"``/``"delta"``, or ``total_steps`` is not a positive int.
+    """
+    if mode not in RECOMMENDED_LR:
+        raise ConfigError(f"mode must be one of {sorted(RECOMMENDED_LR)}, got {mode!r}")
+    base = RECOMMENDED_LR[mode][0]
+    if total_steps is None:
+        return base
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ConfigError(f"total_steps must be a positive int (the planned optimizer steps), got {total_steps!r}")
+    ratio = max(total_steps, HORIZON_REF_STEPS) / HORIZON_REF_STEPS
+    return base * ratio ** -HORIZON_EXPONENT[mode]
+
+
 def _rate(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
@@ -37,7 +64,12 @@ def _rate(name: str, value: Any) -> float:
 
 
 def param_groups(
-    model: nn.Module, lr: float | None = None, *, scale_lr: float | None = None, raw_lr: float | None = None
+    model: nn.Module,
+    lr: float | None = None,
+    *,
+    total_steps: int | None = None,
+    scale_lr: float | None = None,
+    raw_lr: float | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups for a compressed model: ``torch.optim.Adam(param_groups(model))``.
 
@@ -48,8 +80,11 @@ def param_groups(
 
     Args:
         model: a model after ``mcnc_core.compress``.
-        lr: the code learning rate; ``None`` takes ``RECOMMENDED_LR`` for the model's mode. When
-            given, the scale and raw rates keep their recommended ratio to it (one knob to tune).
+        lr: the code learning rate; ``None`` takes ``code_lr(mode, total_steps)``: the rate
+            recommended for the model's mode and horizon. The scale and raw rates keep their
+            recommended ratio to the code rate (one knob to tune).
+        total_steps: the planned number of optimizer steps (the horizon of the schedule). ``None``
+            keeps ``RECOMMENDED_LR`` exactly. Validated even when ``lr`` is given, which wins.
         scale_lr: overrides the scales' rate.
         raw_lr: overrides the raw parameters' rate.
 
@@ -58,11 +93,12 @@ def param_groups(
 
     Raises:
         ModelError: the model is not compressed.
-        ConfigError: a rate is not a positive finite number.
+        ConfigError: a rate is not a positive finite number, or ``total_steps`` is not a positive int.
     """
     state = get_state(model)
     codes0, scales0, raw0 = RECOMMENDED_LR[state.config.mode]
-    code_rate = codes0 if lr is None else _rate("lr", lr)
+    horizon_rate = code_lr(state.config.mode, total_steps)  # validates total_steps
+    code_rate = horizon_rate if lr is None else _rate("lr", lr)
     factor = code_rate / codes0
     scale_rate = scales0 * factor if scale_lr is None else _rate("scale_lr", scale_lr)
     raw_rate = raw0 * factor if raw_lr is None else _rate("raw_lr", raw_lr)
