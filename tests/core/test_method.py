@@ -169,3 +169,29 @@ def test_inspect_names_the_generator_version(capsys):
     for path, shown in zip(files, ("v1 (siren-uniform-v1)", "v2 (siren-frequency-v2)"), strict=True):
         assert main(["inspect", str(path)]) == 0
         assert f"generator   {shown} k=3" in capsys.readouterr().out
+
+
+# --- param_groups(total_steps=...): the horizon rule (docs/ablation.md "The horizon") ---
+
+
+@pytest.mark.parametrize("mode", ["full", "delta"])
+def test_total_steps_none_keeps_the_recommended_rates_exactly(mode):
+    assert m.recipe.code_lr(mode) == m.recipe.RECOMMENDED_LR[mode][0]
+    for steps in (1, 800, 3000, 12_000):
+        # exponent 0 (what validation chose): the horizon does not move the code lr
+        assert m.recipe.code_lr(mode, steps) == m.recipe.RECOMMENDED_LR[mode][0]
+
+
+def test_code_lr_follows_the_exponent_above_the_reference(monkeypatch):
+    monkeypatch.setitem(m.recipe.HORIZON_EXPONENT, "full", 0.5)
+    base = m.recipe.RECOMMENDED_LR["full"][0]
+    assert m.recipe.code_lr("full", 3200) == pytest.approx(base / 2)  # (3200 / 800) ** -0.5
+    assert m.recipe.code_lr("full", 100) == base  # below the measured range: the reference rate
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "800"])
+def test_total_steps_must_be_a_positive_int(bad):
+    with pytest.raises(m.ConfigError, match="total_steps"):
+        m.recipe.code_lr("full", bad)
+    with pytest.raises(m.ConfigError, match="mode"):
+        m.recipe.code_lr("sideways", 800)
