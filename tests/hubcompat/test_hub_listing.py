@@ -5,7 +5,6 @@ loading replayed on 0.36.2 (the newest 0.x)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 from service import Settings
 from service.storage import BaseRecord, commit_id
 from tests._adapters import LoraDelta, lora_delta
+from tests._hubenv import hub_child_env
 from tests._live import LiveServer
 from tests.hubcompat._venvs import VERSIONS, hub_python
 
@@ -154,9 +154,7 @@ def test_commits_of_main_span_pages(live, case, other):
 
 
 def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1", **extra)
-    return env
+    return hub_child_env(tmp_path / "hf", **extra)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from huggingface_hub import constants as hub_constants
 from service import Settings
 from service.storage import commit_id
 from tests._adapters import LoraDelta, lora_delta
+from tests._hubenv import hub_child_env
 from tests._live import LiveServer
 from tests.hubcompat._venvs import hub_python
 
@@ -47,8 +47,7 @@ def test_lorax_call_sequence_and_missing_repo_on_old_huggingface_hub(live, case,
     """LoRAX pins huggingface-hub ^0.23.2 (its ModelInfo needs downloads/likes); vLLM's floor sits in
     0.x: the replay of LoRAX's calls succeeds and a missing repo raises RepositoryNotFoundError."""
     digest = push(live, case.bundle.to_bytes(), "acme/lora", "v1")  # no tag main: main = this push
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+    env = hub_child_env(tmp_path / "hf")
     out = subprocess.run(
         [str(hub_python(version)), str(HERE / "replay_lorax.py"), live.url, "acme/lora", "acme/nothing"],
         env=env, capture_output=True, text=True, timeout=120,

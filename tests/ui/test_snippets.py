@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import mcnc_core as m
 from tests._adapters import llama
+from tests._hubenv import hub_child_env
 from tests.ui.conftest import Registry
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +53,7 @@ def _hub_line(line: str, registry: Registry, cwd: Path) -> None:
         assert words[1:3] == ["vllm", "serve"]
         repo = words[words.index("--lora-modules") + 1].split("=", 1)[1]
     code = f"from huggingface_hub import snapshot_download; print(snapshot_download({repo!r}))"
-    env = {**os.environ, "HF_ENDPOINT": registry.url, "HF_HOME": str(cwd / "hf")}
+    env = hub_child_env(cwd / "hf", HF_ENDPOINT=registry.url)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (Path(out.stdout.strip()) / "adapter_model.safetensors").is_file()
