@@ -562,9 +562,14 @@ def _task_order(task: str) -> int:
     return list(TASKS).index(task) if task in TASKS else len(TASKS)
 
 
-def _setting_order(results: list[dict], setting: str) -> int:
+def _setting_order(results: list[dict], setting: str) -> tuple[int, float, int]:
+    """Equal-steps settings by their step count ("800 steps" before "3000 steps"), then the
+    equal-time ones ("40 s"), then anything else in order of appearance."""
     order = list(dict.fromkeys(r["setting"] for r in results))
-    return order.index(setting)
+    number, _, unit = setting.partition(" ")
+    with contextlib.suppress(ValueError):
+        return ({"steps": 0, "s": 1}.get(unit, 2), float(number), order.index(setting))
+    return (2, 0.0, order.index(setting))
 
 
 def _means(g: dict, task: str, setting: str, frac: float, method: str) -> float | None:
