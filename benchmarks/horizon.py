@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 def rule_lr(task: str, steps: int) -> float:
     """The code lr ``param_groups(model, total_steps=steps)`` gives this task's mode."""
     mode = TASKS[task][0]
-    return mcnc_core.recipe.code_lr(mode, steps)
+    return float(f"{mcnc_core.recipe.code_lr(mode, steps):.3g}")  # 3 digits, like the grid's (run keys)
 
 
 if __name__ == "__main__":

@@ -175,11 +175,22 @@ def test_inspect_names_the_generator_version(capsys):
 
 
 @pytest.mark.parametrize("mode", ["full", "delta"])
-def test_total_steps_none_keeps_the_recommended_rates_exactly(mode):
+def test_total_steps_none_and_short_horizons_keep_the_recommended_rates_exactly(mode):
     assert m.recipe.code_lr(mode) == m.recipe.RECOMMENDED_LR[mode][0]
-    for steps in (1, 800, 3000, 12_000):
-        # exponent 0 (what validation chose): the horizon does not move the code lr
+    for steps in (1, 799, 800):
         assert m.recipe.code_lr(mode, steps) == m.recipe.RECOMMENDED_LR[mode][0]
+
+
+def test_the_chosen_rule_full_lowers_with_the_horizon_delta_does_not():
+    # what validation chose (docs/ablation.md "The horizon"): full p = 0.2, delta p = 0
+    assert [round(m.recipe.code_lr("full", t), 4) for t in (800, 3000, 12_000)] == [0.05, 0.0384, 0.0291]
+    assert m.recipe.code_lr("full", 100_000) == m.recipe.code_lr("full", 12_000)  # not extrapolated
+    for steps in (3000, 12_000, 100_000):
+        assert m.recipe.code_lr("delta", steps) == m.recipe.RECOMMENDED_LR["delta"][0]
+    model = nn.Sequential(nn.Linear(8, 8))
+    m.compress(model, m.MCNCConfig(k=4, chunk_size=16, min_numel=1))
+    groups = m.param_groups(model, total_steps=3000)
+    assert groups[0]["lr"] == pytest.approx(m.recipe.code_lr("full", 3000))
 
 
 def test_code_lr_follows_the_exponent_above_the_reference(monkeypatch):
