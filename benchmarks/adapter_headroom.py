@@ -529,7 +529,6 @@ def cmd_convert(a: argparse.Namespace) -> None:
         i = tr[s : s + BATCH]
         w = int(d["M"][i].sum(1).max())
         batches.append({"hidden": d["H"][i, :w], "attention_mask": d["M"][i, :w]})
-    head_n = 384 * 2 + 2
     for seed in a.seeds:
         keep = adapters / f"lora16-seed{seed}"
         teacher = run_one(out, "ref", "lora16", "test", lr16, seed, steps=a.steps, d=d, keep=keep)
@@ -542,6 +541,8 @@ def cmd_convert(a: argparse.Namespace) -> None:
             base = build(seed)
             for p in base.parameters():
                 p.requires_grad_(False)
+            # the adapter's modules_to_save (the head) travel raw: the budget is the codes' plus theirs
+            head_n = sum(p.numel() for p in base.head.parameters())
             cfg = mcnc_core.MCNCConfig(
                 mode="delta", k=8, seed=0, init_seed=seed, base_name="all-MiniLM-L6-v2:layers4-5"
             )

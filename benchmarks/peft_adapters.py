@@ -1,5 +1,9 @@
 """MCNC-LoRA adapters on MiniLM-L6: accuracy at matched stored numbers, training cost, adapter bytes.
 
+VADER word polarity has only ~4 points between the frozen encoder and LoRA r=16, too little to
+separate adapters; the benchmark with head-room (BShift, 15 points, with VB-LoRA, FourierFT,
+TinyLoRA and the ``convert_peft`` table) is ``benchmarks/adapter_headroom.py``.
+
 Three parts (issue 10, item 5), each a sub-command:
 
 ``accuracy``

@@ -49,3 +49,12 @@ def train_steps(model: nn.Module, steps: int = 3, seed: int = 1, lr: float = 0.0
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+@pytest.fixture
+def hub_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub in this process online, whatever ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``
+    said when it was imported (it reads them once; CI sets them so that nothing reaches a real hub).
+    Child processes get a clean environment from ``tests._hubenv.hub_child_env`` instead."""
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)

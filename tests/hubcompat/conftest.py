@@ -1,17 +1,11 @@
-"""Every test here talks to our loopback server through huggingface_hub, so it must be online even
-where the machine sets ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` (CI does, so that nothing
-reaches a real hub). Child processes get a clean environment from ``tests._hubenv.hub_child_env``."""
+"""Every test here talks to our loopback server through huggingface_hub, so it runs online (the
+root conftest's ``hub_online``) even where the machine sets offline mode."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from huggingface_hub import constants as hub_constants
 
 
 @pytest.fixture(autouse=True)
-def _hub_online(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # the flag is read once, at import; a test may still switch it itself (monkeypatch undoes both)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    yield
+def _hub_online(hub_online: None) -> None:
+    """A test may still switch offline mode itself (monkeypatch undoes both)."""

@@ -13,7 +13,6 @@ import huggingface_hub
 import peft
 import pytest
 import torch
-from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 import mcnc_core as m
@@ -31,13 +30,12 @@ def case() -> LoraDelta:
 
 
 @pytest.fixture
-def hub_env(tmp_path, monkeypatch) -> Path:
+def hub_env(tmp_path, monkeypatch, hub_online) -> Path:
     """huggingface_hub pointed at nothing but our server: its home and cache under tmp_path, online."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # read at import time
     return tmp_path / "hf-cache"
 
 

@@ -83,7 +83,9 @@ def test_delta_with_base_snippets_run(browser: object, registry: Registry, tmp_p
     assert scope["weights"].keys() == registry.mlp_base.keys()  # type: ignore[attr-defined]
 
 
-def test_adapter_snippets_run(browser: object, registry: Registry, tmp_path: Path, monkeypatch) -> None:
+def test_adapter_snippets_run(
+    browser: object, registry: Registry, tmp_path: Path, monkeypatch, hub_online: None
+) -> None:
     snippets = _snippets(browser, registry, "acme/llama-lora")
     assert set(snippets) == {"load", "pull-peft", "snapshot", "peft", "vllm", "lorax"}
     _shell(snippets["pull-peft"], tmp_path)
