@@ -27,7 +27,8 @@ def git_blob_oid(path: str) -> str:
 
 
 def parse_file_params(values: list[str], settings: Settings) -> dict[str, str]:
-    """``file=<filename>:<sha256>`` query values as ``{filename: sha256}``.
+    """``file=<filename>:<sha256>`` query values as ``{filename: sha256}``; the digest may carry the
+    ``sha256:`` prefix the server prints elsewhere (``config.json:sha256:<hex>``).
 
     Raises:
         InvalidRequestError: a malformed value, a reserved or invalid file name, a name given twice,
@@ -38,7 +39,9 @@ def parse_file_params(values: list[str], settings: Settings) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in values:
         name, sep, sha = value.rpartition(":")
-        sha = sha.lower().removeprefix("sha256:")
+        if name.lower().endswith(":sha256"):  # <filename>:sha256:<hex>
+            name = name[: -len(":sha256")]
+        sha = sha.lower()
         if not sep or not _SHA.fullmatch(sha):
             raise InvalidRequestError(f"file={value!r}: expected <filename>:<sha256> (the sha256 POST /files answered)")
         validate_filename(name)

@@ -192,3 +192,16 @@ def test_models_record_lists_sidecars_and_serves_them(c, full):
     assert c.get("/models/org/nothing:v1/files/config.json").json()["error"]["code"] == "model_not_found"
     ui = c.get("/ui/models/org/full?tag=v1").text
     assert 'href="/models/org/full%3Av1/files/config.json"' in ui
+
+
+def test_a_sidecar_digest_may_carry_its_sha256_prefix(c, full):
+    sha = upload(c, CONFIG)
+    for i, value in enumerate((f"config.json:sha256:{sha}", f"config.json:SHA256:{sha.upper()}")):
+        params = [("name", "org/prefixed"), ("tag", f"v{i}"), ("file", value)]
+        r = c.post("/bundles", params=params, content=full.to_bytes(), headers=OCTET)
+        assert r.status_code in (200, 201), r.text
+        assert c.get(f"/models/org/prefixed:v{i}").json()["files"][0] == {
+            "name": "config.json", "sha256": sha, "size": len(CONFIG)
+        }  # fmt: skip
+    bad = c.post("/bundles", params={"name": "org/prefixed", "file": "config.json:sha256:xyz"}, content=b"x")
+    assert bad.status_code == 400 and "<filename>:<sha256>" in bad.text
