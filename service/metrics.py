@@ -8,6 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http_server import ZEROCOPY
+
 __all__ = ["Metrics", "MetricsMiddleware"]
 
 
@@ -53,6 +55,8 @@ class MetricsMiddleware:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == ZEROCOPY:  # a file range the server sends itself (os.sendfile)
+                sent += int(message["count"])
             await send(message)
 
         try:

@@ -130,7 +130,11 @@ def test_adapter_files_on_disk_are_sent_zero_copy_with_ranges_and_etags(live, ca
         tail = c.get(url, headers={"Range": "bytes=-5"})
         assert c.get(url, headers={"If-None-Match": etag}).status_code == 304
         again = c.get(url)  # the same keep-alive connection after a zero-copy body
+        metrics = c.get("/metrics").text
     assert sent == [len(data), 93, 5, len(data)]  # the HEAD and the 304 sent no body
+    # zero-copy bodies count in mcnc_bytes_out_total like any other body
+    resolve = [line for line in metrics.splitlines() if line.startswith("mcnc_bytes_out_total") and "resolve" in line]
+    assert len(resolve) == 1 and float(resolve[0].rsplit(" ", 1)[1]) == 2 * len(data) + 93 + 5, resolve
     assert part.status_code == 206 and part.content == data[7:100]
     assert part.headers["content-range"] == f"bytes 7-99/{len(data)}"
     assert tail.content == data[-5:] and again.content == data
