@@ -585,7 +585,14 @@ def report(out: Path) -> str:
         if not tests:
             continue
         tb = b if b == "ref" else next((r["budget"] for r in runs if r["method"] == m and r["phase"] == "tune"), b)
-        rs = [r for r in runs if (r["budget"], r["method"]) == (tb, m)] + tests
+        if any(r["budget"] == b and r["method"] == m and r["phase"] == "tune" for r in runs):
+            tb = b  # tuned in this cell (--tune-budget = the budget)
+        rs = [r for r in runs if (r["budget"], r["method"]) == (tb, m)]
+        tuned = {r["lr"]: r["acc"] for r in rs if r["phase"] == "tune"}
+        if tuned:  # the test runs of the lr tune() chooses (ties to the smaller), not of earlier choices
+            chosen = max(sorted(tuned), key=lambda x: tuned[x])
+            tests = [r for r in tests if r["lr"] == chosen] or tests
+        rs = rs + tests
         accs = [100 * r["acc"] for r in tests]
         sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
         mean[(b, m)] = statistics.mean(accs)
