@@ -584,9 +584,8 @@ def report(out: Path) -> str:
         tests = [r for r in rs if r["phase"] == "test"]
         if not tests:
             continue
-        tb = b if b == "ref" else next((r["budget"] for r in runs if r["method"] == m and r["phase"] == "tune"), b)
-        if any(r["budget"] == b and r["method"] == m and r["phase"] == "tune" for r in runs):
-            tb = b  # tuned in this cell (--tune-budget = the budget)
+        own = b == "ref" or any(r["phase"] == "tune" for r in rs)  # tuned in this cell (--tune-budget = b)
+        tb = b if own else next((r["budget"] for r in runs if r["method"] == m and r["phase"] == "tune"), b)
         rs = [r for r in runs if (r["budget"], r["method"]) == (tb, m)]
         tuned = {r["lr"]: r["acc"] for r in rs if r["phase"] == "tune"}
         if tuned:  # the test runs of the lr tune() chooses (ties to the smaller), not of earlier choices

@@ -67,8 +67,13 @@ TASKS = {
 _BASES: dict[str, nn.Module] = {}
 
 
+def lr_key(lr: float) -> float:
+    """``lr`` to 3 significant digits: how every lr is written in run lines (and matched on resume)."""
+    return float(f"{lr:.3g}")
+
+
 def grid_lr(mode: str, j: int) -> float:
-    return float(f"{RECOMMENDED_LR[mode][0] * 3.0**j:.3g}")
+    return lr_key(RECOMMENDED_LR[mode][0] * 3.0**j)
 
 
 def _base(data_task: str) -> nn.Module:
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 def rule_lr(task: str, steps: int) -> float:
     """The code lr ``param_groups(model, total_steps=steps)`` gives this task's mode."""
     mode = TASKS[task][0]
-    return float(f"{mcnc_core.recipe.code_lr(mode, steps):.3g}")  # 3 digits, like the grid's (run keys)
+    return lr_key(mcnc_core.recipe.code_lr(mode, steps))
 
 
 if __name__ == "__main__":
